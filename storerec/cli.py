@@ -1,0 +1,262 @@
+"""The ``storerec`` command line. Every Makefile target is a one-line call to a sub-command here.
+
+Stage modules are imported inside each command, so ``storerec --help`` is fast and importing
+this module does no work.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+
+from storerec import __version__
+from storerec.errors import UserError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class _State:
+    def __init__(self, config: Path | None, quiet: bool) -> None:
+        self.config = config
+        self.quiet = quiet
+        self._settings: Any = None
+
+    @property
+    def settings(self):  # noqa: ANN201 - Settings, imported lazily
+        if self._settings is None:
+            from storerec.settings import load_settings
+
+            self._settings = load_settings(self.config)
+        return self._settings
+
+    def data_dir(self, override: Path | None) -> Path:
+        return Path(override) if override else Path(self.settings.data.dir)
+
+
+def _parse_as_of(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not an ISO date/time such as 2026-10-01 or 2026-10-01T12:00:00Z") from exc
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+
+
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Data folder (default: data.dir from the config, './data').",
+)
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, prog_name="storerec")
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML config file (default: $STOREREC_CONFIG, else ./storerec.toml if present).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None, quiet: bool) -> None:
+    """storerec: recommendations for online stores.
+
+    Typical chain: simulate (or import) -> features -> train -> evaluate -> serve.
+    """
+    ctx.obj = _State(config, quiet)
+
+
+@cli.command("import", context_settings=CONTEXT_SETTINGS)
+@click.option("--events", type=click.Path(dir_okay=False, path_type=Path), help="Events file (CSV or Parquet).")
+@click.option("--items", type=click.Path(dir_okay=False, path_type=Path), help="Items file (CSV or Parquet).")
+@click.option("--users", type=click.Path(dir_okay=False, path_type=Path), help="Users file (CSV or Parquet).")
+@click.option(
+    "--mapping",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML column mapping (see configs/mapping.example.toml).",
+)
+@click.option(
+    "--movielens",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Import a MovieLens-100K folder (u.data, u.item, u.user) instead of files.",
+)
+@click.option(
+    "--quarantine",
+    is_flag=True,
+    help="Keep the good rows and write bad rows to <data-dir>/quarantine/ (default: refuse the import).",
+)
+@click.option("--max-report", default=20, show_default=True, help="Bad rows to print per table.")
+@data_dir_option
+@click.pass_obj
+def import_cmd(
+    state: _State,
+    events: Path | None,
+    items: Path | None,
+    users: Path | None,
+    mapping: Path | None,
+    movielens: Path | None,
+    quarantine: bool,
+    max_report: int,
+    data_dir: Path | None,
+) -> None:
+    """Validate and import events/items/users into the data folder as Parquet.
+
+    Every bad row is reported with file, row, field, value and reason. By default a file with
+    bad rows is refused and nothing changes; with --quarantine the bad rows go to a quarantine
+    file and the rest is imported. Outputs are written atomically.
+    """
+    from features.importer import import_files, import_movielens
+    from storerec.progress import Progress
+
+    progress = Progress("import", quiet=state.quiet)
+    out = state.data_dir(data_dir)
+    if movielens is not None:
+        if events or items or users or mapping:
+            raise click.UsageError("--movielens cannot be combined with --events/--items/--users/--mapping")
+        summary = import_movielens(state.settings, movielens, out, quarantine=quarantine, max_report=max_report, progress=progress)
+    else:
+        if not (events or items or users):
+            raise click.UsageError("give at least one of --events, --items, --users (or --movielens DIR)")
+        summary = import_files(
+            state.settings,
+            out,
+            events=events,
+            items=items,
+            users=users,
+            mapping=mapping,
+            quarantine=quarantine,
+            max_report=max_report,
+            progress=progress,
+        )
+    click.echo(summary.render())
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--seed", type=int, default=None, help="Random seed (default: simulate.seed, 42).")
+@click.option("--users", "n_users", type=int, default=None, help="Number of users (default 5,000).")
+@click.option("--items", "n_items", type=int, default=None, help="Number of items (default 2,000).")
+@click.option("--events", "n_events", type=int, default=None, help="Target number of events (default 300,000).")
+@click.option("--days", type=int, default=None, help="Days of history (default 180).")
+@click.option("--force", is_flag=True, help="Overwrite a data folder that holds imported (not simulated) data.")
+@data_dir_option
+@click.pass_obj
+def simulate(
+    state: _State,
+    seed: int | None,
+    n_users: int | None,
+    n_items: int | None,
+    n_events: int | None,
+    days: int | None,
+    force: bool,
+    data_dir: Path | None,
+) -> None:
+    """Build the built-in storefront: users, items and events with planted structure.
+
+    Deterministic for a seed. Ground truth (true category tastes, complementary pairs) is saved
+    in <data-dir>/truth/ for tests and A/B simulations.
+    """
+    from features.simulate import simulate_store
+    from storerec.progress import Progress
+
+    overrides = {k: v for k, v in dict(seed=seed, n_users=n_users, n_items=n_items, n_events=n_events, days=days).items() if v is not None}
+    sim_settings = state.settings.simulate.model_copy(update=overrides)
+    sim_settings = type(sim_settings).model_validate(sim_settings.model_dump())
+    summary = simulate_store(
+        sim_settings, state.settings.events, state.data_dir(data_dir), force=force, progress=Progress("simulate", quiet=state.quiet)
+    )
+    click.echo(summary.render())
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--as-of", "as_of", default=None, help="Use only events before this UTC date/time (default: end of data).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output folder (default: <data-dir>/profiles).",
+)
+@data_dir_option
+@click.pass_obj
+def features(state: _State, as_of: str | None, out: Path | None, data_dir: Path | None) -> None:
+    """Build user profiles (RFM, segment, tier, points, affinities) and item features."""
+    from features.profiles import build_profiles
+    from storerec.progress import Progress
+
+    ddir = state.data_dir(data_dir)
+    summary = build_profiles(
+        state.settings, ddir, as_of=_parse_as_of(as_of), out_dir=out, progress=Progress("features", quiet=state.quiet)
+    )
+    click.echo(summary.render())
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@data_dir_option
+@click.pass_obj
+def run(state: _State, data_dir: Path | None) -> None:
+    """The whole chain on the built-in store: simulate (if needed) -> features.
+
+    The simulation is reused when the data folder already holds one made with the same
+    settings; a folder of imported data is used as it is.
+    """
+    from features.profiles import build_profiles
+    from features.simulate import ensure_simulated
+    from storerec.progress import Progress
+
+    ddir = state.data_dir(data_dir)
+    progress = Progress("run", quiet=state.quiet)
+    message = ensure_simulated(state.settings.simulate, state.settings.events, ddir, progress=progress)
+    click.echo(message)
+    summary = build_profiles(state.settings, ddir, as_of=None, out_dir=None, progress=Progress("features", quiet=state.quiet))
+    click.echo(summary.render())
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--events", "n_events", type=int, default=10_000_000, show_default=True, help="Events for the scale run.")
+@click.option("--repeats", type=int, default=3, show_default=True, help="Runs per figure (the median is reported).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("bench-out"),
+    show_default=True,
+    help="Scratch folder for generated data and the JSON results.",
+)
+@click.pass_obj
+def bench(state: _State, n_events: int, repeats: int, out: Path) -> None:
+    """Benchmarks: simulator and profile building at scale (seconds, peak memory; medians)."""
+    from storerec.bench import run_benchmarks
+
+    click.echo(run_benchmarks(state.settings, n_events=n_events, repeats=repeats, out=out, quiet=state.quiet))
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.pass_obj
+def config(state: _State) -> None:
+    """Print the settings in force (defaults + config file + STOREREC__* variables) as JSON."""
+    click.echo(state.settings.model_dump_json(indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the CLI and turns user errors into a message and exit status 2."""
+    try:
+        cli.main(args=argv, prog_name="storerec", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except UserError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

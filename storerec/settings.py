@@ -1,0 +1,210 @@
+"""Configuration in one place.
+
+Settings come from, in increasing priority:
+
+1. the defaults below;
+2. a TOML file: ``--config FILE``, else ``$STOREREC_CONFIG``, else ``./storerec.toml`` if present;
+3. environment variables ``STOREREC__<SECTION>__<KEY>`` (values parsed as JSON when they are
+   valid JSON, else taken as strings), e.g. ``STOREREC__DATA__DIR=/srv/data``.
+
+Nothing is read at import time: call :func:`load_settings` (or :func:`get_settings`, which
+caches) when settings are needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from storerec.errors import UserError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "STOREREC__"
+CONFIG_ENV = "STOREREC_CONFIG"
+DEFAULT_CONFIG_FILE = "storerec.toml"
+
+DEFAULT_EVENT_TYPES = ["view", "favorite", "cart", "purchase", "rating"]
+
+
+class SettingsError(UserError, ValueError):
+    """A configuration file or variable is invalid; the message names it and the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSettings(_Section):
+    dir: Path = Field(Path("data"), description="Folder for imported/simulated tables and profiles.")
+
+
+class EventSettings(_Section):
+    types: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_EVENT_TYPES),
+        description="Accepted event types; extend to accept more (e.g. 'share').",
+    )
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"view": 1.0, "favorite": 2.0, "cart": 3.0, "purchase": 5.0, "rating": 1.0},
+        description="Strength of each event type in affinities and interaction matrices.",
+    )
+    max_future_seconds: float = Field(
+        300.0, ge=0, description="Timestamps later than now + this are rejected as 'in the future'."
+    )
+
+    @model_validator(mode="after")
+    def _weights_known(self) -> "EventSettings":
+        unknown = sorted(set(self.weights) - set(self.types))
+        if unknown:
+            raise ValueError(f"events.weights names event types not in events.types: {unknown}")
+        return self
+
+    def weight(self, event_type: str) -> float:
+        return float(self.weights.get(event_type, 1.0))
+
+
+class SimulateSettings(_Section):
+    seed: int = 42
+    n_users: int = Field(5_000, ge=10)
+    n_items: int = Field(2_000, ge=40)
+    n_events: int = Field(300_000, ge=1_000, description="Target number of events (actual is within a few %).")
+    days: int = Field(180, ge=30, description="Length of the event history in days.")
+    end: datetime = Field(
+        datetime(2026, 10, 31, tzinfo=timezone.utc),
+        description="End of the simulated history (fixed so that a seed always gives the same files).",
+    )
+    new_arrival_days: int = Field(14, ge=1)
+    new_user_days: int = Field(14, ge=1, description="New users sign up within this many days of the end.")
+    share_new_items: float = Field(0.05, ge=0, le=0.5)
+    share_new_users: float = Field(0.05, ge=0, le=0.5)
+    share_dormant: float = Field(0.12, ge=0, le=0.5)
+    share_churned: float = Field(0.12, ge=0, le=0.5)
+    share_complementary: float = Field(0.15, ge=0, le=0.5, description="Share of items with a planted partner.")
+
+    @field_validator("end")
+    @classmethod
+    def _utc(cls, v: datetime) -> datetime:
+        return v.replace(tzinfo=timezone.utc) if v.tzinfo is None else v.astimezone(timezone.utc)
+
+
+class ProfileSettings(_Section):
+    new_user_days: int = Field(30, ge=0, description="Signed up or first purchase within this many days -> 'new'.")
+    repurchase_cycle_days: int = Field(60, gt=0, description="No purchase for longer than this -> 'dormant'.")
+    churn_days: int = Field(180, gt=0, description="No purchase for longer than this -> 'churned'.")
+    tiers: dict[str, float] = Field(
+        default_factory=lambda: {"bronze": 0.0, "silver": 300.0, "gold": 3_000.0, "platinum": 10_000.0, "diamond": 30_000.0},
+        description="Membership tier -> minimum cumulative spend (inclusive), lowest first.",
+    )
+    points_per_unit: float = Field(1.0, gt=0, description="Points earned per currency unit spent.")
+    points_expiry_days: int = Field(365, gt=0)
+    new_arrival_days: int = Field(14, gt=0, description="Items created within this many days are new arrivals.")
+    price_band_cuts: list[float] = Field(
+        default_factory=lambda: [1 / 3, 2 / 3],
+        description="Within-category price percentiles that separate the price bands low/mid/high.",
+    )
+    top_n: int = Field(3, ge=1, description="How many top categories/brands a profile keeps.")
+    last_items_n: int = Field(10, ge=1)
+    co_purchase_n: int = Field(5, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ProfileSettings":
+        if self.churn_days <= self.repurchase_cycle_days:
+            raise ValueError("profiles.churn_days must be greater than profiles.repurchase_cycle_days")
+        values = list(self.tiers.values())
+        if not values or values[0] != 0 or any(b <= a for a, b in zip(values, values[1:])):
+            raise ValueError("profiles.tiers must start at 0 and increase strictly, lowest tier first")
+        if len(self.price_band_cuts) != 2 or not 0 < self.price_band_cuts[0] < self.price_band_cuts[1] < 1:
+            raise ValueError("profiles.price_band_cuts must be two increasing fractions in (0, 1)")
+        return self
+
+
+class MlflowSettings(_Section):
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db."
+    )
+    artifact_root: Path = Field(Path("mlruns/artifacts"))
+    registered_model: str = "storerec"
+    experiment: str = "storerec"
+
+    def resolved_tracking_uri(self) -> str:
+        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlruns/mlflow.db"
+
+
+class Settings(_Section):
+    data: DataSettings = Field(default_factory=DataSettings)
+    events: EventSettings = Field(default_factory=EventSettings)
+    simulate: SimulateSettings = Field(default_factory=SimulateSettings)
+    profiles: ProfileSettings = Field(default_factory=ProfileSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = key[len(ENV_PREFIX):].lower().split("__")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = _parse_env_value(raw)
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        merged[k] = _merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
+def config_path(explicit: str | Path | None = None, environ: dict[str, str] | None = None) -> Path | None:
+    """The config file in force: explicit > $STOREREC_CONFIG > ./storerec.toml (if it exists)."""
+    environ = os.environ if environ is None else environ
+    if explicit:
+        return Path(explicit)
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV])
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.exists() else None
+
+
+def load_settings(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Read settings from defaults, a TOML file and ``STOREREC__*`` variables.
+
+    Raises
+    ------
+    SettingsError
+        If the file is missing or unreadable, or a value is invalid; the message names the file
+        (or variable) and the dotted field.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    file = config_path(path, environ)
+    raw: dict[str, Any] = {}
+    if file is not None:
+        if not file.exists():
+            raise SettingsError(f"config file {file} does not exist (set by --config or ${CONFIG_ENV})")
+        try:
+            raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {file} is not valid TOML: {exc}") from exc
+    raw = _merge(raw, _env_overrides(environ))
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        source = f"config file {file}" if file else "defaults"
+        lines = [f"invalid settings (from {source} and {ENV_PREFIX}* variables):"]
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            lines.append(f"  {field}: {err['msg']} (got {err.get('input')!r})")
+        raise SettingsError("\n".join(lines)) from exc
