@@ -20,6 +20,9 @@ class DataMissingError(UserError, FileNotFoundError):
 
 def _temp_path(path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp creates 0600 files; give the result the usual 0644 so a service running as
+    # another user can read the data after the rename.
+    os.fchmod(fd, 0o644)
     os.close(fd)
     return Path(tmp)
 

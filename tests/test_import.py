@@ -1,0 +1,517 @@
+"""`storerec import`: reading, mapping, row validation, refusal, quarantine, atomic outputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from features.importer import HINT, ImportRejected, ImportSummary, import_files
+from features.io import read_table
+from features.schema import TABLES, Columns as C
+from features.validate import parse_datetime
+from storerec.cli import main
+from storerec.errors import UserError
+from storerec.progress import Progress
+from storerec.settings import Settings
+
+EVENTS_HEADER = "user_id,item_id,event_type,timestamp,quantity,price,session_id,value"
+GOOD_EVENTS = [
+    "u2,i1,view,2024-03-01T10:00:00Z,,,s1,",
+    "u1,i2,purchase,2024-03-01 11:30:00+02:00,2,9.99,s1,",
+    "u1,i1,cart,1709287200,1,,,",
+    "u3,i2,rating,2024-03-02,,,,4.5",
+]
+ITEMS_HEADER = "item_id,title,category,brand,price,tags,created_at,in_stock"
+GOOD_ITEMS = [
+    "i2,Mug,Home > Kitchen,Acme,4.5,blue|ceramic,2024-01-01,yes",
+    "i1,Pan,Home > Kitchen,,20,,,",
+]
+USERS_HEADER = "user_id,signup_at,age_band,gender,region,occupation"
+GOOD_USERS = ["u1,2023-01-01T00:00:00,25-34,F,US-9,writer", "u2,,,,,"]
+
+
+def _csv(path: Path, header: str, rows: list[str]) -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return path
+
+
+def _import(tmp_path: Path, out: str = "data", **kw: object) -> ImportSummary:
+    args: dict = dict(events=None, items=None, users=None, mapping=None, quarantine=False, max_report=20)
+    args.update(kw)
+    return import_files(Settings(), tmp_path / out, progress=Progress("test", quiet=True), **args)  # type: ignore[arg-type]
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Good imports
+
+
+def test_good_import_has_exact_dtypes_order_and_values(tmp_path: Path) -> None:
+    events = _csv(tmp_path / "events.csv", EVENTS_HEADER, GOOD_EVENTS)
+    items = _csv(tmp_path / "items.csv", ITEMS_HEADER, GOOD_ITEMS)
+    users = _csv(tmp_path / "users.csv", USERS_HEADER, GOOD_USERS)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "simulation.json").write_text("{}")
+
+    summary = _import(tmp_path, events=events, items=items, users=users)
+
+    data = tmp_path / "data"
+    for table, schema in TABLES.items():
+        df = read_table(data, table)
+        assert df.schema == pl.Schema(schema), table  # dtypes exactly as in features.schema
+    ev = read_table(data, "events")
+    assert ev[C.User].to_list() == ["u2", "u1", "u1", "u3"]  # file order kept
+    assert ev[C.Timestamp].to_list() == [
+        datetime(2024, 3, 1, 10, tzinfo=timezone.utc),
+        datetime(2024, 3, 1, 9, 30, tzinfo=timezone.utc),  # +02:00 converted to UTC
+        datetime(2024, 3, 1, 10, tzinfo=timezone.utc),  # unix seconds
+        datetime(2024, 3, 2, tzinfo=timezone.utc),
+    ]
+    assert ev[C.Quantity].to_list() == [1, 2, 1, 1]  # empty -> default 1
+    assert ev[C.Price].to_list() == [None, 9.99, None, None]
+    assert ev[C.Value].to_list() == [None, None, None, 4.5]
+    it = read_table(data, "items")
+    assert it[C.Item].to_list() == ["i2", "i1"]
+    assert it[C.Tags].to_list() == [["blue", "ceramic"], None]
+    assert it[C.InStock].to_list() == [True, True]
+    assert it[C.Brand].to_list() == ["Acme", None]
+    us = read_table(data, "users")
+    assert us[C.SignupAt].to_list() == [datetime(2023, 1, 1, tzinfo=timezone.utc), None]
+
+    assert all(t.read == t.accepted for t in summary.tables.values())
+    assert summary.tables["events"].output == data / "events.parquet"
+    assert not (data / "simulation.json").exists()  # the folder holds imported data now
+    record = json.loads((data / "import.json").read_text())
+    assert record["tables"]["events"]["accepted"] == 4 and record["tables"]["events"]["source"] == str(events)
+    assert not (data / "quarantine").exists()
+    text = summary.render()
+    assert "events" in text and "accepted 4" in text and str(data / "events.parquet") in text
+
+
+def test_values_are_not_coerced_on_read(tmp_path: Path) -> None:
+    rows = ["007,0042,view,2024-01-01", "1e3,TRUE,view,2024-01-01"]
+    events = _csv(tmp_path / "e.csv", "user_id,item_id,event_type,timestamp", rows)
+    _import(tmp_path, events=events)
+    ev = read_table(tmp_path / "data", "events")
+    assert ev[C.User].to_list() == ["007", "1e3"] and ev[C.Item].to_list() == ["0042", "TRUE"]
+
+
+def test_parse_datetime_formats() -> None:
+    values = pl.Series(
+        [
+            "2024-05-01",
+            "2024-05-01T10:00:00",
+            "2024-05-01 10:00:00.250Z",
+            "2024-05-01T12:00:00+0200",
+            "1714557600",
+            "01/05/2024",
+            None,
+        ]
+    )
+    got = parse_datetime(values).to_list()
+    utc = timezone.utc
+    assert got[:5] == [
+        datetime(2024, 5, 1, tzinfo=utc),
+        datetime(2024, 5, 1, 10, tzinfo=utc),
+        datetime(2024, 5, 1, 10, 0, 0, 250000, tzinfo=utc),
+        datetime(2024, 5, 1, 10, tzinfo=utc),
+        datetime(2024, 5, 1, 10, tzinfo=utc),
+    ]
+    assert got[5] is None and got[6] is None
+    paris = parse_datetime(pl.Series(["2024-07-01 12:00"]), tz="Europe/Paris").to_list()
+    assert paris == [datetime(2024, 7, 1, 10, tzinfo=utc)]  # naive times are local to the zone
+    assert parse_datetime(pl.Series(["01/05/2024"]), "%d/%m/%Y").to_list() == [datetime(2024, 5, 1, tzinfo=utc)]
+
+
+# ---------------------------------------------------------------------------------------------
+# One test per validation error: the report names the file, row (line) and field.
+
+FUTURE = (datetime.now(timezone.utc) + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+E_OK = "u1,i1,view,2024-01-01T00:00:00Z,1,1.0,,"  # row 1 of every events case
+
+EVENT_CASES = {
+    "missing user_id": (",i1,view,2024-01-01,1,,,", "user_id", "missing user_id"),
+    "missing item_id": ("u1,,view,2024-01-01,1,,,", "item_id", "missing item_id"),
+    "missing event_type": ("u1,i1,,2024-01-01,1,,,", "event_type", "missing event_type"),
+    "unknown event type": (
+        "u1,i1,click,2024-01-01,1,,,",
+        "event_type",
+        "unknown event type 'click' (expected one of view, favorite, cart, purchase, rating; add it to events.types",
+    ),
+    "unparsable timestamp": ("u1,i1,view,yesterday,1,,,", "timestamp", "unparsable timestamp"),
+    "future timestamp": (f"u1,i1,view,{FUTURE},1,,,", "timestamp", "timestamp in the future"),
+    "quantity not a number": ("u1,i1,view,2024-01-01,two,,,", "quantity", "not a number"),
+    "negative quantity": ("u1,i1,view,2024-01-01,-2,,,", "quantity", "negative quantity"),
+    "fractional quantity": ("u1,i1,view,2024-01-01,1.5,,,", "quantity", "not a whole number"),
+    "price not a number": ("u1,i1,purchase,2024-01-01,1,9;99,,", "price", "not a number"),
+    "negative price": ("u1,i1,purchase,2024-01-01,1,-5,,", "price", "negative price"),
+    "value not a number": ("u1,i1,rating,2024-01-01,1,,,five", "value", "not a number"),
+    "exact duplicate": (E_OK, "(all columns)", "exact duplicate of row 1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EVENT_CASES))
+def test_event_row_errors_are_reported(tmp_path: Path, case: str) -> None:
+    bad, field, reason = EVENT_CASES[case]
+    events = _csv(tmp_path / "events.csv", EVENTS_HEADER, [E_OK, bad])
+    with pytest.raises(ImportRejected) as exc:
+        _import(tmp_path, events=events)
+    report = str(exc.value)
+    assert str(events) in report
+    assert f"row 2 (line 3), {field}: {reason}" in report
+    assert "row 1 " not in report  # the good row is not reported
+    assert HINT in report
+    assert not (tmp_path / "data").exists()  # nothing written
+
+
+I_OK = "i1,Pan,Home,,1,,2024-01-01,true"
+ITEM_CASES = {
+    "missing item_id": (",Pot,Home,,1,,,", "item_id", "missing item_id"),
+    "missing category": ("i2,Pot,,,1,,,", "category", "missing category"),
+    "created_at unparsable": ("i2,Pot,Home,,1,,31/02/2024,", "created_at", "unparsable timestamp"),
+    "created_at in the future": (f"i2,Pot,Home,,1,,{FUTURE},", "created_at", "timestamp in the future"),
+    "price not a number": ("i2,Pot,Home,,cheap,,,", "price", "not a number"),
+    "negative price": ("i2,Pot,Home,,-1,,,", "price", "negative price"),
+    "in_stock not a boolean": ("i2,Pot,Home,,1,,,maybe", "in_stock", "not a boolean (expected true/false, 1/0 or yes/no)"),
+    "duplicate item_id": ("i1,Other pan,Home,,2,,,", "item_id", "duplicate item_id, first seen at row 1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ITEM_CASES))
+def test_item_row_errors_are_reported(tmp_path: Path, case: str) -> None:
+    bad, field, reason = ITEM_CASES[case]
+    items = _csv(tmp_path / "items.csv", ITEMS_HEADER, [I_OK, bad])
+    with pytest.raises(ImportRejected) as exc:
+        _import(tmp_path, items=items)
+    report = str(exc.value)
+    assert str(items) in report and f"row 2 (line 3), {field}: {reason}" in report
+
+
+USER_CASES = {
+    "missing user_id": (",2024-01-01,,,,", "user_id", "missing user_id"),
+    "signup_at unparsable": ("u2,soon,,,,", "signup_at", "unparsable timestamp"),
+    "signup_at in the future": (f"u2,{FUTURE},,,,", "signup_at", "timestamp in the future"),
+    "duplicate user_id": ("u1,2024-02-01,,,,", "user_id", "duplicate user_id, first seen at row 1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(USER_CASES))
+def test_user_row_errors_are_reported(tmp_path: Path, case: str) -> None:
+    bad, field, reason = USER_CASES[case]
+    users = _csv(tmp_path / "users.csv", USERS_HEADER, ["u1,2024-01-01,,,,", bad])
+    with pytest.raises(ImportRejected) as exc:
+        _import(tmp_path, users=users)
+    report = str(exc.value)
+    assert str(users) in report and f"row 2 (line 3), {field}: {reason}" in report
+
+
+def test_unknown_item_is_checked_against_accepted_items(tmp_path: Path) -> None:
+    items = _csv(tmp_path / "items.csv", ITEMS_HEADER, [I_OK, "i2,Pot,Home,,-1,,,"])  # i2 is itself bad
+    events = _csv(tmp_path / "events.csv", EVENTS_HEADER, [E_OK, "u1,i2,view,2024-01-01,1,,,", "u1,i9,view,2024-01-01,1,,,"])
+    with pytest.raises(ImportRejected) as exc:
+        _import(tmp_path, events=events, items=items)
+    report = str(exc.value)
+    assert f"row 2 (line 3), item_id: unknown item_id 'i2' (not in {items})" in report
+    assert f"row 3 (line 4), item_id: unknown item_id 'i9' (not in {items})" in report
+    assert f"items file {items}" in report and f"events file {events}" in report
+    # Without an items file in the same import, item ids are not checked.
+    summary = _import(tmp_path, events=events)
+    assert summary.tables["events"].accepted == 3
+
+
+def test_several_problems_in_a_row_are_listed_but_counted_once(tmp_path: Path) -> None:
+    events = _csv(tmp_path / "events.csv", EVENTS_HEADER, [E_OK, ",i1,click,never,-1,x,,"])
+    with pytest.raises(ImportRejected) as exc:
+        _import(tmp_path, events=events)
+    report = str(exc.value)
+    for field in ("user_id", "event_type", "timestamp", "quantity", "price"):
+        assert f"row 2 (line 3), {field}:" in report
+    assert "1 bad row(s) of 2" in report
+    summary = _import(tmp_path, events=events, quarantine=True)
+    t = summary.tables["events"]
+    assert (t.read, t.accepted, t.quarantined, t.deduplicated) == (2, 1, 1, 0)
+
+
+def test_report_lists_max_report_rows_and_counts(tmp_path: Path) -> None:
+    rows = [E_OK] + [f"u{i},i1,click,2024-01-01,1,,," for i in range(30)] + [f"u{i},,view,2024-01-01,1,,," for i in range(3)]
+    events = _csv(tmp_path / "events.csv", EVENTS_HEADER, rows)
+    with pytest.raises(ImportRejected) as exc:
+        _import(tmp_path, events=events, max_report=5)
+    report = str(exc.value)
+    assert report.count("unknown event type 'click'") == 5
+    assert "... and 28 more bad row(s)" in report
+    assert "event_type: unknown event type: 30 row(s)" in report
+    assert "item_id: missing item_id: 3 row(s)" in report
+
+
+# ---------------------------------------------------------------------------------------------
+# Refusal changes nothing; quarantine keeps the good rows
+
+
+def test_refused_import_leaves_data_folder_byte_identical(tmp_path: Path) -> None:
+    events = _csv(tmp_path / "events.csv", EVENTS_HEADER, GOOD_EVENTS)
+    items = _csv(tmp_path / "items.csv", ITEMS_HEADER, GOOD_ITEMS)
+    _import(tmp_path, events=events, items=items)
+    data = tmp_path / "data"
+    before = _snapshot(data)
+    assert {"events.parquet", "items.parquet", "import.json"} <= set(before)
+
+    time.sleep(0.01)  # so that a rewrite would change the mtimes
+    good_items = _csv(tmp_path / "items2.csv", ITEMS_HEADER, GOOD_ITEMS + ["i3,Cup,Home,,1,,,"])
+    bad_events = _csv(tmp_path / "events2.csv", EVENTS_HEADER, [*GOOD_EVENTS, "u1,i1,view,not-a-time,1,,,"])
+    with pytest.raises(ImportRejected):
+        _import(tmp_path, events=bad_events, items=good_items)
+    with pytest.raises(UserError):
+        _import(tmp_path, events=bad_events, items=tmp_path / "missing.csv")
+    assert _snapshot(data) == before
+
+
+def test_failed_write_takes_quarantine_files_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    events = _csv(tmp_path / "events.csv", EVENTS_HEADER, GOOD_EVENTS)
+    _import(tmp_path, events=events)
+    before = _snapshot(tmp_path / "data")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr("features.importer.write_tables", broken)
+    bad = _csv(tmp_path / "bad.csv", EVENTS_HEADER, [*GOOD_EVENTS, ",i1,view,2024-01-01,1,,,"])
+    with pytest.raises(OSError):
+        _import(tmp_path, events=bad, quarantine=True)
+    assert _snapshot(tmp_path / "data") == before
+    assert not (tmp_path / "data" / "quarantine").exists()
+
+
+def test_quarantine_keeps_good_rows_and_sets_bad_ones_aside(tmp_path: Path) -> None:
+    rows = [
+        "u1,i1,view,2024-01-01T00:00:00Z,1,,,",  # 1 good
+        ",i1,click,2024-01-01,1,,,",  # 2 two problems
+        "u2,i1,view,2024-01-02,1,,,",  # 3 good
+        "u1,i1,view,2024-01-01T00:00:00Z,1,,,",  # 4 copy of 1
+        "u3,i1,view,2024-01-03,-1,,,",  # 5 bad
+        "u4,i1,view,2024-01-04,1,,,",  # 6 good
+    ]
+    events = _csv(tmp_path / "events.csv", EVENTS_HEADER, rows)
+    summary = _import(tmp_path, events=events, quarantine=True)
+    t = summary.tables["events"]
+    assert (t.read, t.accepted, t.quarantined, t.deduplicated) == (6, 3, 2, 1)
+    assert t.read == t.accepted + t.quarantined + t.deduplicated
+
+    ev = read_table(tmp_path / "data", "events")
+    assert ev[C.User].to_list() == ["u1", "u2", "u4"]  # file order kept
+    qfile = t.quarantine_file
+    assert qfile is not None and qfile.parent == tmp_path / "data" / "quarantine"
+    assert qfile.name.startswith("events-") and qfile.name.endswith("Z.csv")
+    q = pl.read_csv(qfile, infer_schema=False)
+    assert q.columns == EVENTS_HEADER.split(",") + ["row", "field", "reason"]
+    assert q["row"].to_list() == ["2", "4", "5"]
+    assert q["field"].to_list() == ["user_id; event_type", "(all columns)", "quantity"]
+    assert q["reason"][0].startswith("missing user_id; unknown event type 'click'")
+    assert q["reason"][1] == "exact duplicate of row 1"
+    assert q["event_type"][0] == "click"  # raw values as read
+    text = summary.render()
+    assert "quarantined 2" in text and "deduplicated 1" in text and str(qfile) in text
+
+
+def test_quarantine_without_bad_rows_writes_no_quarantine_file(tmp_path: Path) -> None:
+    events = _csv(tmp_path / "events.csv", EVENTS_HEADER, GOOD_EVENTS)
+    summary = _import(tmp_path, events=events, quarantine=True)
+    assert summary.tables["events"].quarantine_file is None
+    assert not (tmp_path / "data" / "quarantine").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Mapping, file types, file-level errors
+
+
+def test_mapping_renames_columns_maps_values_and_times(tmp_path: Path) -> None:
+    events = _csv(
+        tmp_path / "orders.csv",
+        "customer_id;sku;action;ts;note",
+        ["c1;s1;buy;2024-07-01 12:00:00;hello", "c2;s1;pageview;2024-07-01 13:00:00;", "c3;s1;view;2024-07-01 14:00:00;"],
+    )
+    items = _csv(tmp_path / "items.csv", "sku,path", ["s1,Garden"])
+    mapping = tmp_path / "map.toml"
+    mapping.write_text(
+        '[events]\ndelimiter = ";"\ntimestamp_format = "%Y-%m-%d %H:%M:%S"\ntimezone = "Europe/Paris"\n'
+        '[events.columns]\nuser_id = "customer_id"\nitem_id = "sku"\nevent_type = "action"\ntimestamp = "ts"\n'
+        '[events.event_types]\nbuy = "purchase"\npageview = "view"\n'
+        '[items.columns]\nitem_id = "sku"\ncategory = "path"\n'
+    )
+    summary = _import(tmp_path, events=events, items=items, mapping=mapping)
+    ev = read_table(tmp_path / "data", "events")
+    assert ev[C.User].to_list() == ["c1", "c2", "c3"]
+    assert ev[C.EventType].to_list() == ["purchase", "view", "view"]
+    assert ev[C.Timestamp][0] == datetime(2024, 7, 1, 10, tzinfo=timezone.utc)  # Paris summer time is UTC+2
+    assert summary.tables["events"].ignored_columns == ["note"]
+    assert "ignored columns: note" in summary.render()
+    assert read_table(tmp_path / "data", "items")[C.Category].to_list() == ["Garden"]
+    assert json.loads((tmp_path / "data" / "import.json").read_text())["mapping"] == str(mapping)
+
+
+def test_mapped_column_names_appear_in_the_report(tmp_path: Path) -> None:
+    rows = ["c1,i1,view,2024-01-01", ",i1,view,2024-01-01"]
+    events = _csv(tmp_path / "e.csv", "customer_id,item_id,event_type,timestamp", rows)
+    mapping = tmp_path / "map.toml"
+    mapping.write_text('[events.columns]\nuser_id = "customer_id"\n')
+    with pytest.raises(ImportRejected) as exc:
+        _import(tmp_path, events=events, mapping=mapping)
+    assert "row 2 (line 3), customer_id (user_id): missing user_id" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "toml, key",
+    [
+        ("[events]\ntimestamp_fmt = 'x'\n", "events.timestamp_fmt"),
+        ("[orders]\n", "orders"),
+        ("[events.columns]\nuserid = 'x'\n", "events.columns.userid"),
+        ("[items.event_types]\nbuy = 'purchase'\n", "items.event_types"),
+        ("[events.event_types]\nbuy = 'purchased'\n", "events.event_types.buy"),
+        ("[events]\ntimezone = 'Mars/Olympus'\n", "events.timezone"),
+    ],
+)
+def test_bad_mapping_keys_are_errors(tmp_path: Path, toml: str, key: str) -> None:
+    events = _csv(tmp_path / "events.csv", EVENTS_HEADER, GOOD_EVENTS)
+    mapping = tmp_path / "map.toml"
+    mapping.write_text(toml)
+    with pytest.raises(UserError) as exc:
+        _import(tmp_path, events=events, mapping=mapping)
+    assert str(mapping) in str(exc.value) and key in str(exc.value)
+
+
+def test_missing_mapped_column_names_file_column_and_lists_columns(tmp_path: Path) -> None:
+    events = _csv(tmp_path / "events.csv", EVENTS_HEADER, GOOD_EVENTS)
+    mapping = tmp_path / "map.toml"
+    mapping.write_text('[events.columns]\nuser_id = "customer"\n')
+    with pytest.raises(UserError) as exc:
+        _import(tmp_path, events=events, mapping=mapping)
+    msg = str(exc.value)
+    assert str(events) in msg and "'customer'" in msg and "user_id, item_id, event_type, timestamp" in msg
+
+
+def test_missing_required_column_is_an_error(tmp_path: Path) -> None:
+    events = _csv(tmp_path / "events.csv", "user_id,item_id,event_type", ["u1,i1,view"])
+    with pytest.raises(UserError, match="lacks required column.*timestamp"):
+        _import(tmp_path, events=events)
+
+
+def test_missing_file_and_unknown_extension(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="nope.csv"):
+        _import(tmp_path, events=tmp_path / "nope.csv")
+    xlsx = tmp_path / "events.xlsx"
+    xlsx.write_text("x")
+    with pytest.raises(UserError, match="events.xlsx"):
+        _import(tmp_path, events=xlsx)
+
+
+def test_latin1_csv_with_encoding_in_mapping(tmp_path: Path) -> None:
+    items = tmp_path / "items.csv"
+    items.write_bytes("item_id,title,category\ni1,Café,Food\n".encode("latin-1"))
+    with pytest.raises(UserError, match="items.csv"):
+        _import(tmp_path, items=items)
+    mapping = tmp_path / "map.toml"
+    mapping.write_text('[items]\nencoding = "latin-1"\n')
+    _import(tmp_path, items=items, mapping=mapping)
+    assert read_table(tmp_path / "data", "items")[C.Title].to_list() == ["Café"]
+
+
+def test_parquet_input_with_native_types(tmp_path: Path) -> None:
+    items = tmp_path / "items.parquet"
+    pl.DataFrame(
+        {
+            "item_id": ["i1", "i2"],
+            "category": ["Home", "Garden"],
+            "price": [1.25, 3.0],
+            "tags": [["a", "b|c"], []],
+            "created_at": [datetime(2024, 1, 1, 12), datetime(2024, 1, 2)],
+            "in_stock": [False, True],
+        }
+    ).write_parquet(items)
+    events = tmp_path / "events.pq"
+    pl.DataFrame(
+        {
+            "user_id": ["u1", "u2", "u3"],
+            "item_id": ["i1", "i2", "i1"],
+            "event_type": ["view", "purchase", "view"],
+            "timestamp": [datetime(2024, 2, 1, tzinfo=timezone.utc)] * 2 + [None],
+            "quantity": [1, 3, 1],
+        }
+    ).write_parquet(events)
+    mapping = tmp_path / "map.toml"
+    mapping.write_text('[items]\ntimestamp_format = "%d/%m/%Y"\n')  # for text; native times need none
+
+    with pytest.raises(ImportRejected) as exc:
+        _import(tmp_path, events=events, items=items, mapping=mapping)
+    assert f"events file {events}" in str(exc.value) and "row 3, timestamp: missing timestamp" in str(exc.value)
+
+    summary = _import(tmp_path, events=events, items=items, mapping=mapping, quarantine=True)
+    assert summary.tables["events"].accepted == 2
+    it = read_table(tmp_path / "data", "items")
+    assert it.schema == pl.Schema(TABLES["items"])
+    assert it[C.Tags].to_list() == [["a", "b|c"], []]  # native lists kept as they are
+    assert it[C.Price].to_list() == [1.25, 3.0]
+    assert it[C.InStock].to_list() == [False, True]
+    assert it[C.CreatedAt][0] == datetime(2024, 1, 1, 12, tzinfo=timezone.utc)
+    assert read_table(tmp_path / "data", "events")[C.Quantity].to_list() == [1, 3]
+
+
+def test_many_rows_are_validated_quickly(tmp_path: Path) -> None:
+    n = 200_000
+    df = pl.DataFrame(
+        {
+            "user_id": [f"u{i % 5000}" for i in range(n)],
+            "item_id": [f"i{i % 700}" for i in range(n)],
+            "event_type": ["view", "cart", "purchase", "favorite"] * (n // 4),
+            "timestamp": [f"2024-01-{1 + i % 28:02d}T{i % 24:02d}:{i % 60:02d}:{(i // 60) % 60:02d}Z" for i in range(n)],
+            "price": ["12.5"] * n,
+        }
+    ).with_row_index("n")
+    df = df.with_columns(pl.col("n").cast(pl.String))  # every row distinct
+    events = tmp_path / "events.csv"
+    df.write_csv(events)
+    t0 = time.perf_counter()
+    summary = _import(tmp_path, events=events)
+    assert summary.tables["events"].accepted == n
+    assert time.perf_counter() - t0 < 20
+
+
+# ---------------------------------------------------------------------------------------------
+# The real command line
+
+
+def test_cli_refuses_with_exit_2_and_report_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    events = _csv(tmp_path / "events.csv", EVENTS_HEADER, [E_OK, "u1,i1,view,2024-13-45,1,,,"])
+    out = tmp_path / "data"
+    assert main(["-q", "import", "--events", str(events), "--data-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: import refused") and "row 2 (line 3), timestamp: unparsable timestamp" in err
+    assert HINT in err and not out.exists()
+    assert main(["-q", "import", "--events", str(events), "--data-dir", str(out), "--quarantine"]) == 0
+    assert "quarantined 1" in capsys.readouterr().out
+
+
+@pytest.mark.e2e
+def test_installed_command_imports_files(tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("storerec")
+    events = _csv(tmp_path / "events.csv", EVENTS_HEADER, GOOD_EVENTS)
+    items = _csv(tmp_path / "items.csv", ITEMS_HEADER, GOOD_ITEMS)
+    out = tmp_path / "data"
+    proc = subprocess.run(
+        [str(exe), "import", "--events", str(events), "--items", str(items), "--data-dir", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "accepted 4" in proc.stdout and "[import] validate events" in proc.stderr
+    assert read_table(out, "events").height == 4
