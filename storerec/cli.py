@@ -61,7 +61,7 @@ data_dir_option = click.option(
     "--config",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="TOML config file (default: $STOREREC_CONFIG, else ./storerec.toml if present).",
+    help="TOML config file (default: $STOREREC_CONFIG, else ./configs/storerec.toml if present).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.pass_context
@@ -197,10 +197,12 @@ def features(state: _State, as_of: str | None, out: Path | None, data_dir: Path 
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--no-train", is_flag=True, help="Stop after the profiles.")
 @data_dir_option
 @click.pass_obj
-def run(state: _State, data_dir: Path | None) -> None:
-    """The whole chain on the built-in store: simulate (if needed) -> features.
+def run(state: _State, no_train: bool, data_dir: Path | None) -> None:
+    """The whole chain on the built-in store: simulate (if needed) -> features -> train
+    (training.run_models) -> evaluate -> register -> promote the best to champion.
 
     The simulation is reused when the data folder already holds one made with the same
     settings; a folder of imported data is used as it is.
@@ -211,10 +213,158 @@ def run(state: _State, data_dir: Path | None) -> None:
 
     ddir = state.data_dir(data_dir)
     progress = Progress("run", quiet=state.quiet)
-    message = ensure_simulated(state.settings.simulate, state.settings.events, ddir, progress=progress)
-    click.echo(message)
+    click.echo(ensure_simulated(state.settings.simulate, state.settings.events, ddir, progress=progress))
     summary = build_profiles(state.settings, ddir, as_of=None, out_dir=None, progress=Progress("features", quiet=state.quiet))
     click.echo(summary.render())
+    if not no_train:
+        from training.chain import train_register_promote
+
+        click.echo(train_register_promote(state.settings, ddir, Progress("train", quiet=state.quiet)))
+
+
+model_option = click.option(
+    "--model", "model", required=True, help="Model: popularity, itemknn, als, bpr, lightfm, ease."
+)
+param_option = click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a parameter (repeatable), e.g. --param factors=128 --param interactions.recency_half_life=20.",
+)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@model_option
+@param_option
+@click.option("--no-register", is_flag=True, help="Log the run but do not register a model version.")
+@data_dir_option
+@click.pass_obj
+def train(state: _State, model: str, params: tuple[str, ...], no_register: bool, data_dir: Path | None) -> None:
+    """Fit a model on the training window, evaluate it on the validation window, log it to
+    MLflow and register a model version (refit on all data for serving)."""
+    from storerec.progress import Progress
+    from training.train import parse_params, run_training
+
+    summary = run_training(
+        state.settings, state.data_dir(data_dir), model, parse_params(params),
+        register=not no_register, progress=Progress("train", quiet=state.quiet),
+    )
+    click.echo(summary.render(state.settings.training.k))
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@model_option
+@click.option("--trials", type=int, default=10, show_default=True, help="Random-search trials.")
+@click.option("--grid", is_flag=True, help="Try the whole grid instead of random trials.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random search.")
+@click.option("--register", is_flag=True, help="Register the best trial as a new model version.")
+@data_dir_option
+@click.pass_obj
+def tune(state: _State, model: str, trials: int, grid: bool, seed: int, register: bool, data_dir: Path | None) -> None:
+    """Search a model's main hyperparameters; best by NDCG@k on the validation window.
+
+    One MLflow parent run per search and a nested run per trial.
+    """
+    from storerec.progress import Progress
+    from training.tune import run_tuning
+
+    if trials < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--trials")
+    summary = run_tuning(
+        state.settings, state.data_dir(data_dir), model, trials=trials, seed=seed, grid=grid,
+        register=register, progress=Progress("tune", quiet=state.quiet),
+    )
+    click.echo(summary.render())
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--version", "version", required=True, help="Registered model version number.")
+@click.option("--alias", default="champion", show_default=True, help="Alias to point at it (champion, challenger, ...).")
+@click.pass_obj
+def promote(state: _State, version: str, alias: str) -> None:
+    """Point an alias (champion by default) at a registered model version."""
+    from training import tracking
+
+    client = tracking.configure(state.settings.mlflow)
+    tracking.set_alias(client, state.settings.mlflow.registered_model, version, alias)
+    click.echo(f"{state.settings.mlflow.registered_model}@{alias} -> version {version}")
+
+
+@cli.command("models", context_settings=CONTEXT_SETTINGS)
+@click.pass_obj
+def models_cmd(state: _State) -> None:
+    """List registered model versions with aliases and headline metrics."""
+    from training import tracking
+
+    client = tracking.configure(state.settings.mlflow)
+    rows = tracking.list_versions(client, state.settings.mlflow.registered_model)
+    if not rows:
+        click.echo("no registered versions yet: run `storerec train --model als` (or `make run`)")
+        return
+    fmt = "{:>7}  {:<20} {:<11} {:>8} {:>9} {:>11}  {}"
+    click.echo(fmt.format("version", "aliases", "model", "ndcg@10", "recall@10", "coverage@10", "run_id"))
+    for r in rows:
+        num = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        click.echo(fmt.format(r["version"], r["aliases"] or "-", r["model"], num(r["ndcg@10"]), num(r["recall@10"]), num(r["coverage@10"]), r["run_id"]))
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--models", "model_names", default=None, help="Comma-separated models to fit on one split and compare (default: training.run_models).")
+@click.option("--runs", default=None, help="Comma-separated MLflow run ids to compare instead (must share a split).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report folder (default: reports/evaluation-<time>).")
+@data_dir_option
+@click.pass_obj
+def evaluate(state: _State, model_names: str | None, runs: str | None, out: Path | None, data_dir: Path | None) -> None:
+    """Compare models or runs on the same split; writes a Markdown report with PNG charts
+    (metrics per model, NDCG per segment, coverage against NDCG) and logs it to MLflow."""
+    from storerec.progress import Progress
+    from training.compare import compare_models, compare_runs
+
+    if runs and model_names:
+        raise click.UsageError("give --models or --runs, not both")
+    if runs:
+        path = compare_runs(state.settings, [r.strip() for r in runs.split(",") if r.strip()], out)
+    else:
+        names = [m.strip() for m in model_names.split(",")] if model_names else state.settings.training.run_models
+        path = compare_models(state.settings, state.data_dir(data_dir), names, out, Progress("evaluate", quiet=state.quiet))
+    click.echo(f"report: {path}")
+
+
+@cli.command("recommend-batch", context_settings=CONTEXT_SETTINGS)
+@click.option("--model", "model_ref", default="champion", show_default=True, help="Version: 3, champion, storerec@champion.")
+@click.option("--users", "users_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="CSV/Parquet with user_id, or a text file with one id per line.")
+@click.option("--segment", default=None, help="Only users of this lifecycle segment (new, active, dormant, churned).")
+@click.option("--k", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output Parquet file.")
+@data_dir_option
+@click.pass_obj
+def recommend_batch(state: _State, model_ref: str, users_file: Path | None, segment: str | None, k: int, out: Path, data_dir: Path | None) -> None:
+    """Top-k lists for many users (campaigns, or scoring storerec with your own evaluation)."""
+    from storerec.progress import Progress
+    from training.batch import recommend_batch as run_batch
+
+    summary = run_batch(
+        state.settings, state.data_dir(data_dir), model_ref=model_ref, users_file=users_file, segment=segment,
+        k=k, out=out, progress=Progress("recommend-batch", quiet=state.quiet),
+    )
+    click.echo(summary.render())
+
+
+@cli.command("mlflow-ui", context_settings=CONTEXT_SETTINGS)
+@click.option("--port", type=int, default=5000, show_default=True)
+@click.pass_obj
+def mlflow_ui(state: _State, port: int) -> None:
+    """Open the MLflow UI on the configured tracking store."""
+    import os
+
+    uri = state.settings.mlflow.resolved_tracking_uri()
+    import sys
+
+    exe = str(Path(sys.executable).with_name("mlflow"))
+    cmd = [exe, "ui", "--backend-store-uri", uri, "--port", str(port)]
+    click.echo(" ".join(cmd))
+    os.execvp(cmd[0], cmd)
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
@@ -227,12 +377,33 @@ def run(state: _State, data_dir: Path | None) -> None:
     show_default=True,
     help="Scratch folder for generated data and the JSON results.",
 )
+@click.option(
+    "--suite",
+    type=click.Choice(["offline", "ml100k", "all"]),
+    default="all",
+    show_default=True,
+    help="offline: simulator + profiles at scale; ml100k: every model on MovieLens-100K.",
+)
+@click.option(
+    "--ml-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("../shared/data/ml-100k"),
+    show_default=True,
+    help="MovieLens-100K folder.",
+)
+@click.option("--trials", type=int, default=20, show_default=True, help="Tuning trials per model (ml100k suite).")
 @click.pass_obj
-def bench(state: _State, n_events: int, repeats: int, out: Path) -> None:
-    """Benchmarks: simulator and profile building at scale (seconds, peak memory; medians)."""
-    from storerec.bench import run_benchmarks
+def bench(state: _State, n_events: int, repeats: int, out: Path, suite: str, ml_dir: Path, trials: int) -> None:
+    """Benchmarks: simulator and profiles at scale (seconds, peak memory), and every model on
+    MovieLens-100K against the libraries called directly. Prints Markdown tables (medians)."""
+    from storerec.bench import ml100k_benchmark, run_benchmarks
 
-    click.echo(run_benchmarks(state.settings, n_events=n_events, repeats=repeats, out=out, quiet=state.quiet))
+    if suite in ("ml100k", "all"):
+        if not (ml_dir / "u.data").exists():
+            raise UserError(f"{ml_dir}/u.data not found: pass --ml-dir to the MovieLens-100K folder")
+        click.echo(ml100k_benchmark(state.settings, ml_dir, out, trials=trials, repeats=repeats, quiet=state.quiet))
+    if suite in ("offline", "all"):
+        click.echo(run_benchmarks(state.settings, n_events=n_events, repeats=repeats, out=out, quiet=state.quiet))
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

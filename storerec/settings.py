@@ -3,7 +3,7 @@
 Settings come from, in increasing priority:
 
 1. the defaults below;
-2. a TOML file: ``--config FILE``, else ``$STOREREC_CONFIG``, else ``./storerec.toml`` if present;
+2. a TOML file: ``--config FILE``, else ``$STOREREC_CONFIG``, else ``./configs/storerec.toml`` if present;
 3. environment variables ``STOREREC__<SECTION>__<KEY>`` (values parsed as JSON when they are
    valid JSON, else taken as strings), e.g. ``STOREREC__DATA__DIR=/srv/data``.
 
@@ -18,14 +18,14 @@ import os
 import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from storerec.errors import UserError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "STOREREC__"
 CONFIG_ENV = "STOREREC_CONFIG"
-DEFAULT_CONFIG_FILE = "storerec.toml"
+DEFAULT_CONFIG_FILE = "configs/storerec.toml"
 
 DEFAULT_EVENT_TYPES = ["view", "favorite", "cart", "purchase", "rating"]
 
@@ -133,12 +133,38 @@ class MlflowSettings(_Section):
         return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlruns/mlflow.db"
 
 
+class TrainingSettings(_Section):
+    split: Literal["temporal", "last_fraction"] = Field(
+        "temporal", description="temporal: the last test_days form the validation window; last_fraction: per user."
+    )
+    test_days: int = Field(14, ge=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    relevant_event_types: list[str] = Field(
+        default_factory=lambda: ["favorite", "cart", "purchase", "rating"],
+        description="Validation events that count as relevant (views are too noisy to be a target).",
+    )
+    k: int = Field(10, ge=1, description="Cut-off for offline metrics.")
+    refit_full: bool = Field(
+        True, description="After evaluating on the split, refit on all data for the registered version."
+    )
+    run_models: list[str] = Field(
+        default_factory=lambda: ["popularity", "als", "lightfm", "ease"],
+        description="Models `storerec run` trains; the best by NDCG@k becomes champion.",
+    )
+    models: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per-model parameters, e.g. [training.models.als] factors = 128; a nested "
+        "'interactions' table sets that model's interaction matrix (weights, recency_half_life...).",
+    )
+
+
 class Settings(_Section):
     data: DataSettings = Field(default_factory=DataSettings)
     events: EventSettings = Field(default_factory=EventSettings)
     simulate: SimulateSettings = Field(default_factory=SimulateSettings)
     profiles: ProfileSettings = Field(default_factory=ProfileSettings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
 
 
 def _parse_env_value(raw: str) -> Any:

@@ -1,0 +1,1 @@
+"""Recommendation models behind one interface (see models.base.ModelBase)."""

@@ -1,0 +1,49 @@
+"""The command line: --help everywhere, clear errors, exit codes."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from storerec.cli import cli, main
+
+COMMANDS = sorted(cli.commands)
+
+
+def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    top = capsys.readouterr().out
+    for name in COMMANDS:
+        assert name in top
+        assert main([name, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert f"Usage: storerec {name}" in out
+        assert cli.commands[name].help, f"{name} has no description"
+
+
+def test_user_errors_are_one_line_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["features", "--data-dir", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "storerec simulate" in err and "Traceback" not in err
+
+
+def test_bad_config_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[data]\nfolder = 'x'\n")
+    assert main(["--config", str(cfg), "config"]) == 2
+    assert "data.folder" in capsys.readouterr().err
+
+
+def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["import"]) == 2
+    assert "give at least one of --events" in capsys.readouterr().err
+    assert main(["features", "--as-of", "yesterday"]) == 2
+    assert "ISO date" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_installed_entry_point() -> None:
+    exe = Path(sys.executable).with_name("storerec")
+    proc = subprocess.run([str(exe), "--version"], capture_output=True, text=True, check=True)
+    assert "storerec, version" in proc.stdout

@@ -1,0 +1,157 @@
+"""Contract tests every model passes (after implicit's ``RecommenderBaseTestMixin``).
+
+Fixture with a known answer: 60 users and 60 items in 6 blocks of 10; every user interacted
+with all items of their block except one (item i for user i), plus one warm user (known, no
+history). A model that learns anything must put the held-out item first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import scipy.sparse as sp
+
+from models.base import ModelBase, NotFittedError
+from models.dataset import Dataset, IdMap, item_features, user_features
+from models.registry import MODEL_CLASSES, get_model_class
+
+N, BLOCK = 60, 10
+WARM = "warm-user"
+
+
+def _dataset() -> Dataset:
+    rows, cols = [], []
+    for u in range(N):
+        block = u // BLOCK
+        for i in range(block * BLOCK, (block + 1) * BLOCK):
+            if i != u:
+                rows.append(u)
+                cols.append(i)
+    users = IdMap.from_values([f"u{u}" for u in range(N)] + [WARM])
+    items = IdMap.from_values([f"i{i}" for i in range(N)])
+    mat = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(N + 1, N))
+    table = pl.DataFrame(
+        {
+            "item_id": [f"i{i}" for i in range(N)],
+            "category": [f"Block > B{i // BLOCK}" for i in range(N)],
+            "brand": [f"brand{i % 3}" for i in range(N)],
+            "tags": [[] for _ in range(N)],
+            "trending_score": np.linspace(2.0, 1.0, N),
+            "is_new": [i % 7 == 0 for i in range(N)],
+        }
+    )
+    profiles = pl.DataFrame({"user_id": users.external.tolist(), "tier": ["bronze"] * (N + 1)})
+    return Dataset(
+        users=users,
+        items=items,
+        interactions=mat,
+        user_features=user_features(users, profiles),
+        item_features=item_features(items, table),
+        item_table=table,
+    )
+
+
+FAST_CONFIGS: dict[str, dict] = {
+    "popularity": {"kind": "category"},
+    "itemknn": {"similarity": "cosine", "neighbours": 20},
+    "als": {"factors": 8, "iterations": 15, "regularization": 0.01},
+    "bpr": {"factors": 16, "iterations": 300, "learning_rate": 0.05},
+    "lightfm": {"no_components": 16, "epochs": 60, "use_user_features": False},
+    "ease": {"regularization": 1.0},
+}
+
+
+@pytest.fixture(scope="module")
+def dataset() -> Dataset:
+    return _dataset()
+
+
+@pytest.fixture(scope="module", params=sorted(MODEL_CLASSES))
+def fitted(request: pytest.FixtureRequest, dataset: Dataset) -> ModelBase:
+    klass = get_model_class(request.param)
+    return klass(**FAST_CONFIGS[request.param]).fit(dataset)
+
+
+def test_every_registered_model_has_a_fast_config() -> None:
+    assert set(FAST_CONFIGS) == set(MODEL_CLASSES)
+
+
+def test_known_answer_heldout_item_first(fitted: ModelBase) -> None:
+    users = [f"u{u}" for u in range(N)]
+    reco = fitted.recommend(users, k=1)
+    got = dict(zip(reco["user_id"], reco["item_id"]))
+    hits = sum(got.get(f"u{u}") == f"i{u}" for u in range(N))
+    assert hits >= 0.95 * N, f"{fitted.name}: held-out item first for only {hits}/{N} users"
+
+
+def test_batch_equals_single(fitted: ModelBase) -> None:
+    users = ["u3", "u17", "u42", "nobody", WARM]
+    batch = fitted.recommend(users, k=5)
+    singles = pl.concat([fitted.recommend(u, k=5) for u in users])
+    assert batch["user_id"].to_list() == singles["user_id"].to_list()
+    assert batch["item_id"].to_list() == singles["item_id"].to_list()
+    np.testing.assert_allclose(batch["score"].to_numpy(), singles["score"].to_numpy(), rtol=1e-5)
+
+
+def test_save_load_identical(fitted: ModelBase, tmp_path: Path) -> None:
+    users = [f"u{u}" for u in range(N)] + ["nobody", WARM]
+    fitted.save(tmp_path / "m")
+    loaded = ModelBase.load(tmp_path / "m")
+    assert type(loaded) is type(fitted) and loaded.get_params() == fitted.get_params()
+    assert fitted.recommend(users, k=7).equals(loaded.recommend(users, k=7))
+    items = ["i0", "i15", "i59"]
+    assert fitted.similar_items(items, k=4).equals(loaded.similar_items(items, k=4))
+
+
+def test_seen_and_candidates_respected(fitted: ModelBase, dataset: Dataset) -> None:
+    reco = fitted.recommend([f"u{u}" for u in range(N)], k=N)
+    seen = {(f"u{u}", f"i{i}") for u, i in zip(*dataset.interactions.nonzero())}
+    assert not seen & set(zip(reco["user_id"], reco["item_id"]))
+    cands = ["i1", "i2", "i30", "unknown-item"]
+    reco = fitted.recommend(["u5", "u35"], k=10, candidate_items=cands)
+    assert set(reco["item_id"]) <= set(cands)
+    with_seen = fitted.recommend(["u5"], k=N, exclude_seen=False)
+    assert with_seen.height == N  # nothing excluded: the whole catalogue
+
+
+def test_k_larger_than_catalogue_and_ranks(fitted: ModelBase) -> None:
+    reco = fitted.recommend(["u0"], k=10 * N)
+    assert reco.height == N - (BLOCK - 1)  # everything the user has not seen
+    assert reco["rank"].to_list() == list(range(1, reco.height + 1))
+    assert (np.diff(reco["score"].to_numpy()) <= 1e-6).all()
+    with pytest.raises(ValueError, match="k must be"):
+        fitted.recommend(["u0"], k=0)
+
+
+def test_unknown_and_empty_history_users_as_declared(fitted: ModelBase) -> None:
+    cold = fitted.recommend(["nobody"], k=5)
+    assert cold.height == (5 if fitted.recommends_for_cold else 0)
+    warm = fitted.recommend([WARM], k=5)
+    assert warm.height == (5 if (fitted.recommends_for_warm or fitted.recommends_for_cold) else 0)
+
+
+def test_similar_items_exclude_self_and_share_block(fitted: ModelBase) -> None:
+    sim = fitted.similar_items(["i0", "i25", "no-such-item"], k=3)
+    assert set(sim["item_id"]) == {"i0", "i25"}
+    assert all(a != b for a, b in zip(sim["item_id"], sim["similar_item_id"]))
+    top = sim.filter(pl.col("rank") == 1)
+    for item, similar in zip(top["item_id"], top["similar_item_id"]):
+        assert int(item[1:]) // BLOCK == int(similar[1:]) // BLOCK, f"{fitted.name}: {item} -> {similar}"
+
+
+def test_params_flat_and_unfitted_errors(fitted: ModelBase) -> None:
+    params = fitted.get_params()
+    assert params["model"] == fitted.name
+    assert all(isinstance(v, (int, float, str, bool)) or v is None for v in params.values())
+    fresh = type(fitted)()
+    with pytest.raises(NotFittedError):
+        fresh.recommend(["u0"], k=3)
+
+
+def test_unknown_config_key_is_rejected() -> None:
+    for name in MODEL_CLASSES:
+        with pytest.raises(Exception, match="extra"):
+            get_model_class(name)(no_such_option=1)

@@ -1,0 +1,80 @@
+"""Settings: defaults, TOML file, STOREREC__* variables, and errors that name the field."""
+
+from pathlib import Path
+
+import pytest
+
+from storerec.settings import Settings, SettingsError, load_settings
+
+
+def test_defaults_follow_the_domain_brief(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./storerec.toml here
+    s = load_settings(environ={})
+    assert s.profiles.repurchase_cycle_days == 60
+    assert s.profiles.tiers["silver"] == 300 and s.profiles.tiers["gold"] == 3000
+    assert s.profiles.points_expiry_days == 365
+    assert s.data.dir == Path("data")
+    assert s.events.types[:4] == ["view", "favorite", "cart", "purchase"]
+
+
+def test_file_then_environment_override(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[data]\ndir = "from-file"\n[profiles]\nrepurchase_cycle_days = 45\n')
+    s = load_settings(cfg, environ={"STOREREC__DATA__DIR": "from-env"})
+    assert s.data.dir == Path("from-env")
+    assert s.profiles.repurchase_cycle_days == 45
+    s = load_settings(cfg, environ={"STOREREC__PROFILES__TIERS": '{"basic": 0, "vip": 100}'})
+    assert s.profiles.tiers == {"basic": 0, "vip": 100}
+
+
+def test_config_env_variable_names_the_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "x.toml"
+    cfg.write_text("[simulate]\nseed = 7\n")
+    assert load_settings(environ={"STOREREC_CONFIG": str(cfg)}).simulate.seed == 7
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[profiles]\nrepurchase_cylce_days = 45\n")
+    with pytest.raises(SettingsError, match=r"profiles\.repurchase_cylce_days") as exc:
+        load_settings(cfg, environ={})
+    assert str(cfg) in str(exc.value)
+
+
+def test_bad_value_and_inconsistent_thresholds(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"simulate\.n_users"):
+        load_settings(environ={"STOREREC__SIMULATE__N_USERS": "-5"})
+    with pytest.raises(SettingsError, match="churn_days must be greater"):
+        load_settings(environ={"STOREREC__PROFILES__CHURN_DAYS": "30"})
+    with pytest.raises(SettingsError, match="tiers must start at 0"):
+        load_settings(environ={"STOREREC__PROFILES__TIERS": '{"a": 0, "b": 500, "c": 400}'})
+    with pytest.raises(SettingsError, match="weights names event types"):
+        load_settings(environ={"STOREREC__EVENTS__WEIGHTS": '{"share": 2}'})
+
+
+def test_missing_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml", environ={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[data\n")
+    with pytest.raises(SettingsError, match="not valid TOML"):
+        load_settings(bad, environ={})
+
+
+def test_import_does_no_work(tmp_path: Path) -> None:
+    # Importing the packages must not create folders, read settings or configure logging.
+    import subprocess
+    import sys
+
+    code = "import storerec.cli, storerec.settings, features.schema, features.io, features.profiles, features.simulate"
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_shipped_config_file_states_the_defaults() -> None:
+    # configs/storerec.toml documents the defaults; it must not drift from the code.
+    shipped = load_settings(Path(__file__).resolve().parents[1] / "configs" / "storerec.toml", environ={})
+    defaults = Settings()
+    assert shipped.profiles.price_band_cuts == pytest.approx(defaults.profiles.price_band_cuts, abs=1e-5)
+    shipped.profiles.price_band_cuts = defaults.profiles.price_band_cuts
+    assert shipped == defaults

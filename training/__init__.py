@@ -1,0 +1,1 @@
+"""Training stages: split, fit, evaluate, log to MLflow, register, tune, promote."""
