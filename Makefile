@@ -7,9 +7,24 @@ BIN := $(VENV)/bin
 STOREREC := $(BIN)/storerec
 STAMP := $(VENV)/.installed
 ARGS ?=
+MODEL ?= als
+TRIALS ?= 20
+VERSION ?=
+ALIAS ?= champion
+USERS ?=
+K ?= 10
+OUT ?= recs.parquet
 PYTEST_ARGS ?=
+MODEL ?= als
+TRIALS ?= 20
+VERSION ?=
+ALIAS ?= champion
+USERS ?=
+K ?= 10
+OUT ?= recs.parquet
 
-.PHONY: help install lock run data features import-ml100k test test-fast bench bench-data clean clean-data
+.PHONY: help install lock run data features import-ml100k train tune evaluate promote models recommend-batch mlflow-ui \
+        test test-fast bench bench-offline bench-ml100k clean clean-data
 
 help:  ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-16s %s\n", $$1, $$2}'
@@ -23,10 +38,10 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
-lock:  ## re-resolve dependencies from pyproject.toml and rewrite requirements.lock
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^storerec' > requirements.lock.new && mv requirements.lock.new requirements.lock
+lock:  ## rewrite requirements.lock from what .venv holds now (after a deliberate upgrade)
+	{ $(BIN)/python -m pip freeze --exclude-editable --all | grep -vE '^(storerec|pip)=='; } > requirements.lock.new && mv requirements.lock.new requirements.lock
 
-run: install  ## the whole chain on the built-in store: simulate -> features (later: train, evaluate, serve)
+run: install  ## the whole chain on the built-in store: simulate -> features -> train -> evaluate -> register -> champion
 	$(STOREREC) run $(ARGS)
 
 data: install  ## simulate the built-in storefront into ./data
@@ -38,14 +53,42 @@ features: install  ## build user profiles and item features from ./data
 import-ml100k: install  ## import MovieLens-100K from ../shared/data/ml-100k into ./data-ml100k
 	$(STOREREC) import --movielens ../shared/data/ml-100k --data-dir data-ml100k $(ARGS)
 
+train: install  ## train, evaluate, log and register one model: make train MODEL=als [ARGS='--param factors=128']
+	$(STOREREC) train --model $(MODEL) $(ARGS)
+
+tune: install  ## random search, one nested MLflow run per trial: make tune MODEL=als TRIALS=20
+	$(STOREREC) tune --model $(MODEL) --trials $(TRIALS) $(ARGS)
+
+evaluate: install  ## compare models on one split; Markdown report with charts in reports/ (ARGS='--models als,ease')
+	$(STOREREC) evaluate $(ARGS)
+
+promote: install  ## point an alias at a version: make promote VERSION=3 [ALIAS=challenger]
+	$(if $(VERSION),,$(error set VERSION=N: the registered version to promote (see `make models`)))
+	$(STOREREC) promote --version $(VERSION) --alias $(ALIAS)
+
+models: install  ## list registered model versions with aliases and headline metrics
+	$(STOREREC) models
+
+recommend-batch: install  ## lists for a campaign: make recommend-batch [USERS=ids.csv] [ARGS='--segment dormant'] OUT=recs.parquet
+	$(STOREREC) recommend-batch --model champion $(if $(USERS),--users $(USERS)) --k $(K) --out $(OUT) $(ARGS)
+
+mlflow-ui: install  ## open the MLflow UI on the local store (http://127.0.0.1:5000)
+	$(STOREREC) mlflow-ui $(ARGS)
+
 test: install  ## run the whole test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install  ## unit tests only (no slow or end-to-end tests)
 	$(BIN)/python -m pytest -m "not slow and not e2e" $(PYTEST_ARGS)
 
-bench: install  ## benchmarks (simulator and profiles at scale); figures go to docs/benchmarks.md by hand
-	$(BIN)/python -m storerec.bench $(ARGS)
+bench: install  ## every benchmark (ML-100K quality vs the libraries, simulator + profiles at 10M events)
+	$(STOREREC) bench --suite all $(ARGS)
+
+bench-offline: install  ## simulator + profiles at 10M events: seconds and peak memory (medians)
+	$(STOREREC) bench --suite offline $(ARGS)
+
+bench-ml100k: install  ## every model on MovieLens-100K against implicit/LightFM called directly
+	$(STOREREC) bench --suite ml100k $(ARGS)
 
 clean:  ## remove caches (keeps .venv and data)
 	rm -rf .pytest_cache build *.egg-info

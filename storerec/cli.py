@@ -353,8 +353,9 @@ def recommend_batch(state: _State, model_ref: str, users_file: Path | None, segm
 
 @cli.command("mlflow-ui", context_settings=CONTEXT_SETTINGS)
 @click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.pass_obj
-def mlflow_ui(state: _State, port: int) -> None:
+def mlflow_ui(state: _State, port: int, host: str) -> None:
     """Open the MLflow UI on the configured tracking store."""
     import os
 
@@ -362,7 +363,7 @@ def mlflow_ui(state: _State, port: int) -> None:
     import sys
 
     exe = str(Path(sys.executable).with_name("mlflow"))
-    cmd = [exe, "ui", "--backend-store-uri", uri, "--port", str(port)]
+    cmd = [exe, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     click.echo(" ".join(cmd))
     os.execvp(cmd[0], cmd)
 

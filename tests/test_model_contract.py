@@ -93,7 +93,8 @@ def test_batch_equals_single(fitted: ModelBase) -> None:
     singles = pl.concat([fitted.recommend(u, k=5) for u in users])
     assert batch["user_id"].to_list() == singles["user_id"].to_list()
     assert batch["item_id"].to_list() == singles["item_id"].to_list()
-    np.testing.assert_allclose(batch["score"].to_numpy(), singles["score"].to_numpy(), rtol=1e-5)
+    # float32 BLAS sums in a different order for a batch than for one row: ~1e-5 relative noise
+    np.testing.assert_allclose(batch["score"].to_numpy(), singles["score"].to_numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_save_load_identical(fitted: ModelBase, tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ training) and ``training.json`` (model name, params, metrics, data fingerprint).
 from __future__ import annotations
 
 import json
+import logging
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -37,6 +39,10 @@ def configure(cfg: MlflowSettings) -> MlflowClient:
     The default store is ``sqlite:///mlruns/mlflow.db`` with artifacts in ``mlruns/artifacts``;
     ``MLFLOW_TRACKING_URI`` or ``mlflow.tracking_uri`` select any other server.
     """
+    # MLflow's per-file download bars and start-up INFO lines drown our own progress output
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     uri = cfg.resolved_tracking_uri()
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
@@ -89,13 +95,21 @@ def log_model_version(
         item_table.write_parquet(item_path)
         info_path = Path(tmp) / "training.json"
         info_path.write_text(json.dumps(info, indent=2, default=str))
-        logged = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=StorerecPyfunc(),
-            artifacts={ARTIFACT_MODEL: str(model_dir), "item_features": str(item_path), "training": str(info_path)},
-            pip_requirements=[f"storerec=={__version__}"],
-            registered_model_name=registered_model,
-        )
+        # the pyfunc takes/returns pandas frames without a fixed signature, and the wrapper class is
+        # importable: MLflow's warnings about both are expected, so keep them off the console
+        pyfunc_log = logging.getLogger("mlflow.pyfunc")
+        level = pyfunc_log.level
+        pyfunc_log.setLevel(logging.ERROR)
+        try:
+            logged = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=StorerecPyfunc(),
+                artifacts={ARTIFACT_MODEL: str(model_dir), "item_features": str(item_path), "training": str(info_path)},
+                pip_requirements=[f"storerec=={__version__}"],
+                registered_model_name=registered_model,
+            )
+        finally:
+            pyfunc_log.setLevel(level)
     return logged.model_uri, str(logged.registered_model_version)
 
 
