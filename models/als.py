@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from pydantic import Field
 
 from models._implicit import single_threaded_blas
@@ -40,7 +41,7 @@ class ALSModel(ModelBase):
                 random_state=cfg.random_state,
                 num_threads=cfg.num_threads,
             )
-            model.fit(dataset.interactions, show_progress=False)
+            model.fit(sp.csr_matrix(dataset.interactions), show_progress=False)
         self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
         self.item_factors = np.asarray(model.item_factors, dtype=np.float32)
 

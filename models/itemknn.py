@@ -6,6 +6,7 @@ the item's similarities to the user's history, weighted by the history.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import numpy as np
@@ -41,8 +42,10 @@ class ItemKNNModel(ModelBase):
             model = TFIDFRecommender(K=cfg.neighbours, num_threads=cfg.num_threads)
         else:
             model = CosineRecommender(K=cfg.neighbours, num_threads=cfg.num_threads)
-        with single_threaded_blas():
-            model.fit(dataset.interactions, show_progress=False)
+        with single_threaded_blas(), warnings.catch_warnings():
+            # implicit's tf-idf/bm25 weighting converts to COO internally and then warns about it.
+            warnings.filterwarnings("ignore", message="Method expects CSR input")
+            model.fit(sp.csr_matrix(dataset.interactions), show_progress=False)
         self.similarity = sp.csr_matrix(model.similarity, dtype=np.float32)
 
     def _score_hot(self, user_idx: np.ndarray) -> np.ndarray:

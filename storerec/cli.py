@@ -166,8 +166,19 @@ def simulate(
     from storerec.progress import Progress
 
     overrides = {k: v for k, v in dict(seed=seed, n_users=n_users, n_items=n_items, n_events=n_events, days=days).items() if v is not None}
-    sim_settings = state.settings.simulate.model_copy(update=overrides)
-    sim_settings = type(sim_settings).model_validate(sim_settings.model_dump())
+    from pydantic import ValidationError
+
+    from storerec.errors import UserError
+
+    options = dict(seed="--seed", n_users="--users", n_items="--items", n_events="--events", days="--days")
+    try:
+        sim_settings = type(state.settings.simulate).model_validate({**state.settings.simulate.model_dump(), **overrides})
+    except ValidationError as exc:
+        problems = [
+            f"{options.get(str(e['loc'][0]), '')} (simulate.{e['loc'][0]}): {e['msg']}, got {e.get('input')!r}".lstrip()
+            for e in exc.errors()
+        ]
+        raise UserError("invalid simulation settings: " + "; ".join(problems)) from exc
     summary = simulate_store(
         sim_settings, state.settings.events, state.data_dir(data_dir), force=force, progress=Progress("simulate", quiet=state.quiet)
     )
