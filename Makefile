@@ -15,13 +15,6 @@ USERS ?=
 K ?= 10
 OUT ?= recs.parquet
 PYTEST_ARGS ?=
-MODEL ?= als
-TRIALS ?= 20
-VERSION ?=
-ALIAS ?= champion
-USERS ?=
-K ?= 10
-OUT ?= recs.parquet
 
 .PHONY: help install lock run data features import-ml100k train tune evaluate promote models recommend-batch mlflow-ui \
         test test-fast bench bench-offline bench-ml100k clean clean-data
