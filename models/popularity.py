@@ -19,7 +19,8 @@ class PopularityConfig(ModelConfig):
     kind: Literal["global", "category", "trending", "new"] = Field(
         "global",
         description="global: most users; category: popular within the user's categories; "
-        "trending: recent growth (item features' trending_score); new: popular new arrivals.",
+        "trending: recent growth of established items (item features' trending_score; new arrivals "
+        "excluded); new: popular new arrivals.",
     )
 
 
@@ -45,7 +46,10 @@ class PopularityModel(ModelBase):
             raise ValueError(f"popularity kind={kind!r} needs the item feature table (Dataset.item_table)")
         table = dataset.item_table
         if kind == "trending":
-            base = table["trending_score"].fill_null(0).to_numpy().astype(np.float32) * (1.0 + base)
+            # Growth of established items: new arrivals have no earlier weeks to grow from (their
+            # ratio is just their first week's count) and have their own list (kind="new").
+            established = ~table["is_new"].fill_null(False).to_numpy()
+            base = table["trending_score"].fill_null(0).to_numpy().astype(np.float32) * (1.0 + base) * established
         elif kind == "new":
             base = np.where(table["is_new"].fill_null(False).to_numpy(), 1.0 + base, 0.0).astype(np.float32)
         if table is not None:

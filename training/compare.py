@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ def publish(results: dict[str, dict[str, float]], k: int, out: Path, context: di
         mlflow.set_tag("kind", "evaluation")
         mlflow.log_params({key: str(v)[:500] for key, v in context.items()})
         for name, metrics in results.items():
-            mlflow.log_metrics({f"{name}/{tracking.metric_key(m)}": v for m, v in metrics.items()})
+            safe = re.sub(r"[^\w\-. :/]", "_", name)  # MLflow metric names allow few characters
+            mlflow.log_metrics({f"{safe}/{tracking.metric_key(m)}": v for m, v in metrics.items()})
         mlflow.log_artifacts(str(out), artifact_path="report")
     return path
 
@@ -61,7 +63,7 @@ def compare_runs(settings: Settings, run_ids: list[str], out: Path | None) -> Pa
             raise UserError(f"no MLflow run {run_id!r}; find run ids with `storerec models` or `make mlflow-ui`") from None
         local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="evaluation/report.json")
         report = json.loads(Path(local).read_text())
-        name = f"{run.data.params.get('model', '?')} ({run_id[:8]})"
+        name = f"{run.data.params.get('model', '?')}-{run_id[:8]}"
         results[name] = report["metrics"]
         splits[name] = {k: v for k, v in run.data.params.items() if k.startswith("split")}
     distinct = {json.dumps(s, sort_keys=True) for s in splits.values()}

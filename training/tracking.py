@@ -76,7 +76,9 @@ class StorerecPyfunc(mlflow.pyfunc.PythonModel):
         self.model = ModelBase.load(context.artifacts[ARTIFACT_MODEL])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        k = int((params or {}).get("k", 10))
+        # ``k`` from the params (MLflow passes them only when the model has a signature) or
+        # from a ``k`` column, else 10.
+        k = int((params or {}).get("k", model_input["k"].iloc[0] if "k" in model_input.columns and len(model_input) else 10))
         reco = self.model.recommend(model_input["user_id"].astype(str).tolist(), k=k)
         return reco.to_pandas()
 

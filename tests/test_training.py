@@ -1,0 +1,182 @@
+"""Training, MLflow tracking and the registry, end to end through the command line, on a small
+simulated store with a private SQLite tracking store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import polars as pl
+import pytest
+from mlflow.tracking import MlflowClient
+
+from models.base import ModelBase
+from storerec.cli import main
+from storerec.settings import load_settings
+from training import tracking
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ml")
+    cfg = root / "storerec.toml"
+    cfg.write_text(
+        f"""
+[data]
+dir = "{root / 'data'}"
+[simulate]
+n_users = 400
+n_items = 300
+n_events = 40000
+[mlflow]
+tracking_uri = "sqlite:///{root / 'mlflow.db'}"
+artifact_root = "{root / 'artifacts'}"
+[training]
+run_models = ["popularity", "als"]
+[training.models.lightfm]
+epochs = 3
+"""
+    )
+    assert main(["--config", str(cfg), "-q", "simulate"]) == 0
+    assert main(["--config", str(cfg), "-q", "features"]) == 0
+    return {"root": root, "cfg": cfg, "data": root / "data"}
+
+
+def run(env: dict[str, Path], *args: str) -> int:
+    return main(["--config", str(env["cfg"]), "-q", *args])
+
+
+def client(env: dict[str, Path]) -> MlflowClient:
+    return tracking.configure(load_settings(env["cfg"], environ={}).mlflow)
+
+
+def test_train_logs_a_run_and_registers_a_self_contained_version(env, capsys) -> None:
+    assert run(env, "train", "--model", "als", "--param", "factors=16", "--param", "interactions.recency_half_life=30") == 0
+    out = capsys.readouterr().out
+    assert "als: ndcg@10=" in out and "registered as version" in out
+    c = client(env)
+    version = c.get_model_version("storerec", "1")
+    r = c.get_run(version.run_id)
+    assert r.data.params["model"] == "als" and r.data.params["factors"] == "16"
+    assert float(r.data.params["interactions.recency_half_life"]) == 30
+    assert r.data.params["split"] == "temporal"
+    assert {"data_fingerprint", "git_commit", "storerec_version"} <= set(r.data.tags)
+    for m in ("ndcg_at_10", "precision_at_10", "recall_at_10", "map_at_10", "mrr_at_10", "hitrate_at_10",
+              "coverage_at_10", "diversity_at_10", "novelty_at_10", "avg_popularity_at_10"):
+        assert m in r.data.metrics, m
+    assert any(k.startswith("ndcg_at_10/segment_") for k in r.data.metrics)
+    arts = {a.path for a in c.list_artifacts(r.info.run_id, "evaluation")}
+    assert arts == {"evaluation/report.json", "evaluation/report.md"}
+    # Everything serving needs comes from the registry alone.
+    folder = tracking.download_version(c, version)
+    assert {p.name for p in folder.iterdir()} >= {"model", "item_features.parquet", "training.json"}
+    model = ModelBase.load(folder / "model")
+    assert model.name == "als"
+    users = pl.read_parquet(env["data"] / "events.parquet")["user_id"].unique().sort().head(5).to_list()
+    reco = model.recommend(users, k=5)
+    assert reco.height == 25 and reco["user_id"].n_unique() == 5
+    # ... and through the MLflow pyfunc flavour.
+    pyfunc = mlflow.pyfunc.load_model("models:/storerec/1")
+    import pandas as pd
+
+    pred = pyfunc.predict(pd.DataFrame({"user_id": users, "k": 5}))
+    assert len(pred) == 25
+
+
+def test_promote_and_models(env, capsys) -> None:
+    assert run(env, "train", "--model", "popularity") == 0
+    capsys.readouterr()
+    assert run(env, "promote", "--version", "2") == 0
+    assert run(env, "promote", "--version", "1", "--alias", "challenger") == 0
+    capsys.readouterr()
+    assert run(env, "models") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["version", "aliases", "model"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert rows["2"][1:3] == ["champion", "popularity"] and rows["1"][1:3] == ["challenger", "als"]
+    assert run(env, "promote", "--version", "99") == 2
+    assert "no version 99" in capsys.readouterr().err
+    assert str(client(env).get_model_version_by_alias("storerec", "champion").version) == "2"
+
+
+def test_recommend_batch(env, capsys, tmp_path) -> None:
+    ids = tmp_path / "ids.txt"
+    users = pl.read_parquet(env["data"] / "events.parquet")["user_id"].unique().sort().head(3).to_list()
+    ids.write_text("\n".join(users + ["nobody"]) + "\n")
+    out = tmp_path / "recs.parquet"
+    assert run(env, "recommend-batch", "--model", "storerec@challenger", "--users", str(ids), "--k", "4", "--out", str(out)) == 0
+    text = capsys.readouterr().out
+    assert "for 3/4 users" in text and "1 users got no list" in text
+    recs = pl.read_parquet(out)
+    assert recs.height == 12 and set(recs["model_version"]) == {"1"} and recs["rank"].max() == 4
+    seg = tmp_path / "dormant.parquet"
+    assert run(env, "recommend-batch", "--segment", "dormant", "--k", "3", "--out", str(seg)) == 0
+    profiles = pl.read_parquet(env["data"] / "profiles" / "users.parquet")
+    dormant = set(profiles.filter(pl.col("segment") == "dormant")["user_id"])
+    got = pl.read_parquet(seg)
+    assert set(got["user_id"]) == dormant  # popularity (champion) serves every user
+    assert run(env, "recommend-batch", "--segment", "sleepy", "--out", str(seg)) == 2
+    assert "unknown segment 'sleepy'" in capsys.readouterr().err
+    assert run(env, "recommend-batch", "--model", "7", "--segment", "new", "--out", str(seg)) == 2
+    assert "no model version '7'" in capsys.readouterr().err
+
+
+def test_tune_logs_nested_trials(env, capsys) -> None:
+    assert run(env, "tune", "--model", "als", "--trials", "2") == 0
+    out = capsys.readouterr().out
+    assert "als: 2 trials, best ndcg@10=" in out
+    parent_id = out.split("parent run ")[1].split()[0]
+    c = client(env)
+    exp = c.get_experiment_by_name("storerec")
+    children = c.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    assert len(children) == 2 and all("ndcg_at_10" in r.data.metrics for r in children)
+    best = max(r.data.metrics["ndcg_at_10"] for r in children)
+    assert c.get_run(parent_id).data.metrics["best_ndcg_at_10"] == pytest.approx(best)
+
+
+def test_evaluate_writes_and_logs_a_report(env, capsys, tmp_path) -> None:
+    out = tmp_path / "report"
+    assert run(env, "evaluate", "--models", "popularity,itemknn", "--out", str(out)) == 0
+    assert (out / "report.md").exists()
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert len(pngs) == 3
+    text = (out / "report.md").read_text()
+    assert "popularity" in text and "itemknn" in text and "segment" in text
+    c = client(env)
+    exp = c.get_experiment_by_name("storerec")
+    runs = c.search_runs([exp.experiment_id], "tags.kind = 'evaluation'")
+    assert runs and any("popularity/ndcg_at_10" in r.data.metrics for r in runs)
+
+
+def test_evaluate_runs_compares_logged_runs(env, capsys, tmp_path) -> None:
+    c = client(env)
+    ids = [c.get_model_version("storerec", v).run_id for v in ("1", "2")]
+    assert run(env, "evaluate", "--runs", ",".join(ids), "--out", str(tmp_path / "r")) == 0
+    assert "als" in (tmp_path / "r" / "report.md").read_text()
+    assert run(env, "evaluate", "--runs", "nope") == 2
+    assert "no MLflow run 'nope'" in capsys.readouterr().err
+
+
+def test_bad_input_is_a_clear_error_and_registers_nothing(env, capsys) -> None:
+    before = len(client(env).search_model_versions("name='storerec'"))
+    assert run(env, "train", "--model", "nosuch") == 2
+    assert "nosuch" in capsys.readouterr().err
+    assert run(env, "train", "--model", "als", "--param", "factors=-3") == 2
+    assert "factors" in capsys.readouterr().err
+    assert run(env, "train", "--model", "als", "--param", "factors") == 2
+    assert "not key=value" in capsys.readouterr().err
+    assert run(env, "tune", "--model", "als", "--trials", "0") == 2
+    assert len(client(env).search_model_versions("name='storerec'")) == before
+
+
+def test_run_chain_promotes_the_best(env, capsys) -> None:
+    assert run(env, "run") == 0
+    out = capsys.readouterr().out
+    assert "champion:" in out and "challenger:" in out and "evaluation report:" in out
+    c = client(env)
+    champ = c.get_model_version_by_alias("storerec", "champion")
+    chall = c.get_model_version_by_alias("storerec", "challenger")
+    score = lambda v: c.get_run(v.run_id).data.metrics["ndcg_at_10"]  # noqa: E731
+    assert score(champ) >= score(chall)
