@@ -221,6 +221,7 @@ def ml100k_benchmark(settings: Any, ml_dir: Path, out: Path, *, trials: int = 20
         ("ALS (64 f, 15 it)", "als", {"factors": 64, "iterations": 15}),
         ("BPR (64 f)", "bpr", {}),
         ("LightFM WARP (64, 30 epochs, features)", "lightfm", {}),
+        ("LightFM WARP (64, 30 epochs, no features)", "lightfm", {"use_user_features": False, "use_item_features": False}),
         ("EASE (lambda=500)", "ease", {"regularization": 500.0, "weighted_history": False}),
     ]
     cached = None
