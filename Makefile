@@ -16,7 +16,7 @@ K ?= 10
 OUT ?= recs.parquet
 PYTEST_ARGS ?=
 
-.PHONY: help install lock run data features import-ml100k train tune evaluate promote models recommend-batch mlflow-ui \
+.PHONY: help install lock run serve data features import-ml100k train tune evaluate promote models recommend-batch mlflow-ui \
         test test-fast bench bench-offline bench-ml100k clean clean-data
 
 help:  ## list targets
@@ -34,8 +34,11 @@ $(STAMP): pyproject.toml requirements.lock
 lock:  ## rewrite requirements.lock from what .venv holds now (after a deliberate upgrade)
 	{ $(BIN)/python -m pip freeze --exclude-editable --all | grep -vE '^(storerec|pip)=='; } > requirements.lock.new && mv requirements.lock.new requirements.lock
 
-run: install  ## the whole chain on the built-in store: simulate -> features -> train -> evaluate -> register -> champion
-	$(STOREREC) run $(ARGS)
+run: install  ## the whole chain on the built-in store: simulate -> features -> train -> evaluate -> register -> champion -> serve
+	$(STOREREC) run $(ARGS) && $(STOREREC) serve
+
+serve: install  ## start the HTTP service on the champion (http://127.0.0.1:3000, docs at /docs)
+	$(STOREREC) serve $(ARGS)
 
 data: install  ## simulate the built-in storefront into ./data
 	$(STOREREC) simulate $(ARGS)

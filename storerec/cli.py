@@ -231,6 +231,7 @@ def run(state: _State, no_train: bool, data_dir: Path | None) -> None:
         from training.chain import train_register_promote
 
         click.echo(train_register_promote(state.settings, ddir, Progress("train", quiet=state.quiet)))
+        click.echo("next: `storerec serve` (or `make serve`) starts the HTTP service on the champion")
 
 
 model_option = click.option(
@@ -416,6 +417,44 @@ def bench(state: _State, n_events: int, repeats: int, out: Path, suite: str, ml_
         click.echo(ml100k_benchmark(state.settings, ml_dir, out, trials=trials, repeats=repeats, quiet=state.quiet))
     if suite in ("offline", "all"):
         click.echo(run_benchmarks(state.settings, n_events=n_events, repeats=repeats, out=out, quiet=state.quiet))
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--host", default=None, help="Interface (default serving.host, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default serving.port, 3000).")
+@click.option("--model", "model_ref", default=None, help="Alias or version to serve (default serving.model, champion).")
+@click.option("--workers", type=int, default=None, help="Worker processes (default serving.workers, 1).")
+@data_dir_option
+@click.pass_obj
+def serve(state: _State, host: str | None, port: int | None, model_ref: str | None, workers: int | None, data_dir: Path | None) -> None:
+    """Start the HTTP service (BentoML) on the registered model (champion by default).
+
+    Endpoints: POST /recommend, /similar_items, /trending, /new_arrivals, /admin/reload;
+    GET /healthz, /readyz; OpenAPI docs at /docs. Exits with an error when no model is registered.
+    """
+    import os
+    import sys
+
+    from training import tracking
+
+    settings = state.settings
+    ref = model_ref or settings.serving.model
+    client = tracking.configure(settings.mlflow)
+    version = tracking.resolve_version(client, settings.mlflow.registered_model, ref)  # clear error if none
+    env = dict(os.environ)
+    env["STOREREC__SERVING__MODEL"] = ref
+    env["STOREREC__DATA__DIR"] = str(state.data_dir(data_dir).resolve())
+    env["STOREREC__MLFLOW__TRACKING_URI"] = settings.mlflow.resolved_tracking_uri()
+    if workers:
+        env["STOREREC__SERVING__WORKERS"] = str(workers)
+    if state.config:
+        env["STOREREC_CONFIG"] = str(Path(state.config).resolve())
+    host = host or settings.serving.host
+    port = port or settings.serving.port
+    click.echo(f"serving {settings.mlflow.registered_model} version {version.version} ({ref}) on http://{host}:{port} (docs: /docs)")
+    exe = str(Path(sys.executable).with_name("bentoml"))
+    cmd = [exe, "serve", "serving.service:StoreRec", "--host", host, "--port", str(port)]
+    os.execvpe(cmd[0], cmd, env)
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

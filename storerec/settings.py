@@ -158,6 +158,17 @@ class TrainingSettings(_Section):
     )
 
 
+class ServingSettings(_Section):
+    model: str = Field("champion", description="Registered version the service loads: an alias (champion) or a number.")
+    host: str = "127.0.0.1"
+    port: int = Field(3000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, description="BentoML worker processes.")
+    context_weight: float = Field(0.5, ge=0, le=1, description="Weight of session context against the model's scores.")
+    diversity_strength: float = Field(0.3, ge=0, le=1, description="Default MMR strength (0 = relevance only).")
+    admin_token: str | None = Field(None, description="If set, POST /admin/reload needs header x-admin-token with this value.")
+    max_body_bytes: int = Field(65_536, ge=1024, description="Larger request bodies get 413.")
+
+
 class Settings(_Section):
     data: DataSettings = Field(default_factory=DataSettings)
     events: EventSettings = Field(default_factory=EventSettings)
@@ -165,6 +176,7 @@ class Settings(_Section):
     profiles: ProfileSettings = Field(default_factory=ProfileSettings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
 
 
 def _parse_env_value(raw: str) -> Any:

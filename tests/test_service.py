@@ -1,0 +1,272 @@
+"""End-to-end: the real BentoML service in a subprocess, on a model trained once for this module,
+called over HTTP. Reasons are checked against the data: each one must be true."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pytest
+
+from models.base import ModelBase
+from storerec.cli import main
+from storerec.settings import load_settings
+from training import tracking
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def svc(store: Path, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("svc")
+    cfg = root / "storerec.toml"
+    cfg.write_text(
+        f"""
+[data]
+dir = "{store}"
+[mlflow]
+tracking_uri = "sqlite:///{root / 'mlflow.db'}"
+artifact_root = "{root / 'artifacts'}"
+[serving]
+admin_token = "s3cret"
+"""
+    )
+    # No model yet: serve refuses with a clear message.
+    r = subprocess.run([sys.executable, "-m", "storerec.cli", "--config", str(cfg), "serve", "--port", str(free_port())],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no model version 'champion'" in r.stderr
+    assert main(["--config", str(cfg), "-q", "train", "--model", "als"]) == 0
+    assert main(["--config", str(cfg), "-q", "train", "--model", "itemknn"]) == 0
+    assert main(["--config", str(cfg), "-q", "promote", "--version", "1"]) == 0
+    port = free_port()
+    log = open(root / "serve.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "storerec.cli", "--config", str(cfg), "serve", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    client = httpx.Client(base_url=base, timeout=30)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if client.get("/readyz").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise AssertionError((root / "serve.log").read_text())
+        time.sleep(0.5)
+    else:
+        raise AssertionError("service did not become ready:\n" + (root / "serve.log").read_text())
+    settings = load_settings(cfg, environ={})
+    yield {"client": client, "cfg": cfg, "store": store, "settings": settings, "root": root}
+    os.killpg(proc.pid, 15)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+
+
+def post(svc, path: str, body) -> httpx.Response:
+    return svc["client"].post(path, json=body)
+
+
+@pytest.fixture(scope="module")
+def data(svc):
+    store = svc["store"]
+    return {
+        "events": pl.read_parquet(store / "events.parquet"),
+        "profiles": pl.read_parquet(store / "profiles" / "users.parquet"),
+        "items": pl.read_parquet(store / "profiles" / "items.parquet"),
+    }
+
+
+def hot_users(data, n: int = 15) -> list[str]:
+    counts = data["events"].filter(pl.col("event_type") == "purchase").group_by("user_id").len()
+    return counts.filter(pl.col("len") >= 3).sort("user_id")["user_id"].head(n).to_list()
+
+
+def test_health_and_readiness(svc) -> None:
+    assert svc["client"].get("/healthz").status_code == 200
+    assert svc["client"].get("/readyz").status_code == 200
+
+
+def test_recommend_returns_k_items_with_reasons(svc, data) -> None:
+    user = hot_users(data)[0]
+    r = post(svc, "/recommend", {"user_id": user, "k": 10})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "als" and body["model_version"] == "1" and len(body["request_id"]) == 32
+    assert body["user_kind"] == "hot" and len(body["items"]) == 10
+    assert [i["rank"] for i in body["items"]] == list(range(1, 11))
+    assert len({i["item_id"] for i in body["items"]}) == 10
+    assert all(i["reasons"] and all(x["text"] for x in i["reasons"]) for i in body["items"])
+
+
+def test_every_reason_is_true(svc, data) -> None:
+    ev, prof, items = data["events"], data["profiles"], data["items"]
+    folder = tracking.download_version(tracking.configure(svc["settings"].mlflow), tracking.resolve_version(
+        tracking.configure(svc["settings"].mlflow), "storerec", "1"))
+    model = ModelBase.load(folder / "model")
+    item = {r["item_id"]: r for r in items.select("item_id", "category", "is_new", "price_band", "trending_score", "pop_7d").with_columns(pl.col("price_band").cast(pl.String)).iter_rows(named=True)}
+    profile = {r["user_id"]: r for r in prof.select("user_id", "top_categories", pl.col("price_band").cast(pl.String), pl.col("tier").cast(pl.String)).iter_rows(named=True)}
+    buyers = ev.filter(pl.col("event_type") == "purchase").join(prof.select("user_id", pl.col("tier").cast(pl.String)), on="user_id")
+    seen_codes = set()
+    for user in hot_users(data):
+        body = post(svc, "/recommend", {"user_id": user, "k": 10}).json()
+        mine = ev.filter(pl.col("user_id") == user)
+        for it in body["items"]:
+            iid = it["item_id"]
+            for reason in it["reasons"]:
+                code, evidence = reason["code"], reason["evidence"]
+                seen_codes.add(code)
+                if code in ("because_bought", "because_viewed"):
+                    src = evidence["item_id"]
+                    kinds = set(mine.filter(pl.col("item_id") == src)["event_type"])
+                    assert ("purchase" in kinds) if code == "because_bought" else bool(kinds), (user, reason)
+                    assert iid in set(model.similar_items([src], 50)["similar_item_id"]), (user, iid, reason)
+                elif code == "popular_in_your_category":
+                    assert item[iid]["category"] in {t["category"] for t in profile[user]["top_categories"]}
+                elif code == "new_arrival":
+                    assert item[iid]["is_new"]
+                elif code == "trending":
+                    assert item[iid]["trending_score"] >= 2 and item[iid]["pop_7d"] >= 3
+                elif code == "price_fit":
+                    assert profile[user]["price_band"] == item[iid]["price_band"]
+                elif code == "tier_also_bought":
+                    tier = profile[user]["tier"]
+                    n = buyers.filter((pl.col("tier") == tier) & (pl.col("item_id") == iid))["user_id"].n_unique()
+                    assert n >= 3 and evidence["buyers"] == n
+                elif code == "picked_for_you":
+                    assert body["user_kind"] == "hot"
+    assert {"because_viewed", "popular_in_your_category"} <= seen_codes
+
+
+def test_category_cap_is_exact(svc, data) -> None:
+    for user in hot_users(data, 5):
+        body = post(svc, "/recommend", {"user_id": user, "k": 12, "diversity": {"max_per_category": 1}}).json()
+        cats = [i["category"] for i in body["items"]]
+        assert len(cats) == 12 and len(set(cats)) == 12
+        body = post(svc, "/recommend", {"user_id": user, "k": 12, "diversity": {"max_per_category": 2, "strength": 0}}).json()
+        cats = [i["category"] for i in body["items"]]
+        assert max(cats.count(c) for c in cats) <= 2
+
+
+def test_filters_are_honoured(svc, data) -> None:
+    user = hot_users(data)[1]
+    bought = set(data["events"].filter((pl.col("user_id") == user) & (pl.col("event_type") == "purchase"))["item_id"])
+    price = dict(data["items"].select("item_id", "price").iter_rows())
+    body = post(svc, "/recommend", {"user_id": user, "k": 30}).json()
+    assert not bought & {i["item_id"] for i in body["items"]}
+    body = post(svc, "/recommend", {"user_id": user, "k": 10, "filters": {"include_categories": ["Home"], "min_price": 10, "max_price": 80}}).json()
+    assert body["items"] and all(i["category"].startswith("Home > ") and 10 <= price[i["item_id"]] <= 80 for i in body["items"])
+    first = body["items"][0]["item_id"]
+    body = post(svc, "/recommend", {"user_id": user, "k": 10, "filters": {"include_categories": ["Home"], "exclude_item_ids": [first], "exclude_categories": ["Home > Decor"]}}).json()
+    assert all(i["item_id"] != first and i["category"] != "Home > Decor" for i in body["items"])
+    stock = dict(data["items"].select("item_id", "in_stock").iter_rows())
+    body = post(svc, "/recommend", {"user_id": user, "k": 50}).json()
+    assert all(stock[i["item_id"]] for i in body["items"])
+
+
+def test_cold_start_paths(svc, data) -> None:
+    body = post(svc, "/recommend", {"user_id": "never-seen-before", "k": 8}).json()
+    assert body["user_kind"] == "cold" and body["source"] == "trending" and len(body["items"]) == 8
+    assert all(i["reasons"] for i in body["items"])
+    anchor = data["items"].sort("pop_30d", descending=True)["item_id"][0]
+    body = post(svc, "/recommend", {"user_id": "never-seen-before", "k": 5, "context": {"page": "product", "item_ids": [anchor]}}).json()
+    assert body["source"] == "context" and anchor not in {i["item_id"] for i in body["items"]}
+    similar = post(svc, "/similar_items", {"item_id": anchor, "k": 5}).json()["similar"]
+    assert body["items"][0]["item_id"] in {s["item_id"] for s in similar}
+    assert any(r["code"] == "similar_to_context" for r in body["items"][0]["reasons"])
+
+
+def test_context_shifts_the_list_at_once(svc, data) -> None:
+    user = hot_users(data)[2]
+    cat = dict(data["items"].select("item_id", "category").iter_rows())
+    before = post(svc, "/recommend", {"user_id": user, "k": 10, "diversity": {"strength": 0}}).json()["items"]
+    have = {i["category"] for i in before}
+    target_cat = next(c for c in sorted(set(cat.values())) if c not in have)
+    recent = data["items"].filter(pl.col("category") == target_cat).sort("pop_30d", descending=True)["item_id"].head(3).to_list()
+    after = post(svc, "/recommend", {"user_id": user, "k": 10, "diversity": {"strength": 0}, "context": {"recent_item_ids": recent}}).json()
+    assert after["source"] == "model+context"
+    assert sum(i["category"] == target_cat for i in after["items"]) >= 3
+
+
+def test_similar_trending_new_arrivals(svc, data) -> None:
+    anchor = data["items"].sort("pop_30d", descending=True)["item_id"][0]
+    body = post(svc, "/similar_items", {"item_id": anchor, "k": 5}).json()
+    assert len(body["similar"]) == 5 and anchor not in {i["item_id"] for i in body["similar"]}
+    assert post(svc, "/similar_items", {"item_id": "no-such-item"}).status_code == 404
+    trending = post(svc, "/trending", {"k": 5}).json()["items"]
+    assert len(trending) == 5 and all(any(r["code"] == "trending" for r in i["reasons"]) for i in trending if i["score"] >= 2)
+    home = post(svc, "/trending", {"k": 5, "category": "Home"}).json()["items"]
+    assert home and all(i["category"].startswith("Home > ") for i in home)
+    new = set(data["items"].filter(pl.col("is_new"))["item_id"])
+    arrivals = post(svc, "/new_arrivals", {"k": 10}).json()["items"]
+    assert len(arrivals) == 10 and {i["item_id"] for i in arrivals} <= new
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"user_id": "u1", "k": 0},
+        {"user_id": "u1", "k": 101},
+        {"user_id": "u1", "k": "ten"},
+        {"user_id": 5},
+        {"k": 3},
+        {"user_id": "u1", "filters": {"include_categories": ["Nope"]}},
+        {"user_id": "u1", "filters": {"min_price": 50, "max_price": 10}},
+        {"user_id": "u1", "diversity": {"strength": 2}},
+        {"user_id": "u1", "surprise": True},
+    ],
+)
+def test_bad_requests_get_4xx_naming_the_field(svc, body) -> None:
+    r = post(svc, "/recommend", body)
+    assert 400 <= r.status_code < 500, r.text
+    assert "Traceback" not in r.text and r.text
+
+
+def test_malformed_and_oversized_bodies(svc) -> None:
+    c = svc["client"]
+    r = c.post("/recommend", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "Invalid JSON" in r.text
+    r = c.post("/recommend", content=b'{"user_id": "' + b"x" * 200_000 + b'"}', headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "exceeds the limit" in r.text
+
+
+def test_reload_swaps_models_and_survives_a_corrupt_one(svc, data) -> None:
+    c = svc["client"]
+    assert c.post("/admin/reload", json={}).status_code == 403
+    headers = {"x-admin-token": "s3cret"}
+    assert main(["--config", str(svc["cfg"]), "-q", "promote", "--version", "2"]) == 0
+    r = c.post("/admin/reload", json={}, headers=headers)
+    assert r.status_code == 200 and r.json() == {"model": "itemknn", "model_version": "2", "previous_version": "1"}
+    user = hot_users(data)[0]
+    assert post(svc, "/recommend", {"user_id": user, "k": 3}).json()["model_version"] == "2"
+    # Corrupt version 1's stored model files, point champion at it, reload: refused, v2 keeps serving.
+    client = tracking.configure(svc["settings"].mlflow)
+    v1 = client.get_model_version("storerec", "1")
+    model_id = v1.source.split("/")[-1]  # models:/m-...
+    art = Path(client.get_logged_model(model_id).artifact_location.replace("file://", ""))
+    metas = list(art.rglob("meta.json"))
+    assert metas
+    for meta in metas:
+        meta.write_text("{ corrupt")
+    assert main(["--config", str(svc["cfg"]), "-q", "promote", "--version", "1"]) == 0
+    r = c.post("/admin/reload", json={}, headers=headers)
+    assert r.status_code == 400 and "still serving version 2" in r.text
+    assert post(svc, "/recommend", {"user_id": user, "k": 3}).json()["model_version"] == "2"
+    assert c.get("/readyz").status_code == 200
