@@ -351,10 +351,8 @@ def generate(sim: Any, progress: Progress | None = None) -> Generated:
         ok = it["created"][v_item] <= v_time
         v_sess, v_item, v_step, v_time = v_sess[ok], v_item[ok], v_step[ok], v_time[ok]
         # The same item viewed twice in a session counts once further down the funnel.
-        first = np.ones(len(v_sess), dtype=bool)
-        key = v_sess * sim.n_items + v_item
-        _, first_idx = np.unique(key, return_index=True)
-        first[:] = False
+        _, first_idx = np.unique(v_sess * sim.n_items + v_item, return_index=True)
+        first = np.zeros(len(v_sess), dtype=bool)
         first[first_idx] = True
 
         u_fav = rng.random(len(v_sess))

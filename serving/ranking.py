@@ -257,9 +257,6 @@ class Ranker:
 
     # ---- public lists -------------------------------------------------------------------------
 
-    def known_categories(self) -> list[str]:
-        return self.categories
-
     def _category_mask(self, categories: Sequence[str]) -> np.ndarray:
         """Items in any of ``categories`` (a full path, or a top level such as ``Home``)."""
         mask = np.zeros(self.n, dtype=bool)
