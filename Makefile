@@ -17,7 +17,7 @@ OUT ?= recs.parquet
 PYTEST_ARGS ?=
 
 .PHONY: help install lock run serve data features import-ml100k train tune evaluate promote models recommend-batch mlflow-ui \
-        test test-fast bench bench-offline bench-ml100k clean clean-data
+        test test-fast bench bench-offline bench-ml100k bench-serve clean clean-data
 
 help:  ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-16s %s\n", $$1, $$2}'
@@ -55,8 +55,8 @@ train: install  ## train, evaluate, log and register one model: make train MODEL
 tune: install  ## random search, one nested MLflow run per trial: make tune MODEL=als TRIALS=20
 	$(STOREREC) tune --model $(MODEL) --trials $(TRIALS) $(ARGS)
 
-evaluate: install  ## compare models on one split; Markdown report with charts in reports/ (ARGS='--models als,ease')
-	$(STOREREC) evaluate $(ARGS)
+evaluate: install  ## compare models on one split, raw and through the serving pipeline; report with charts in reports/ (ARGS="--models als,ease")
+	$(STOREREC) evaluate --pipeline $(ARGS)
 
 promote: install  ## point an alias at a version: make promote VERSION=3 [ALIAS=challenger]
 	$(if $(VERSION),,$(error set VERSION=N: the registered version to promote (see `make models`)))
@@ -77,11 +77,14 @@ test: install  ## run the whole test suite
 test-fast: install  ## unit tests only (no slow or end-to-end tests)
 	$(BIN)/python -m pytest -m "not slow and not e2e" $(PYTEST_ARGS)
 
-bench: install  ## every benchmark (ML-100K quality vs the libraries, simulator + profiles at 10M events)
+bench: install  ## every benchmark (ML-100K quality vs the libraries, simulator + profiles at 10M events, serving under load)
 	$(STOREREC) bench --suite all $(ARGS)
 
 bench-offline: install  ## simulator + profiles at 10M events: seconds and peak memory (medians)
 	$(STOREREC) bench --suite offline $(ARGS)
+
+bench-serve: install  ## the HTTP service under load: /recommend (full pipeline) vs bare /score at concurrency 1/8/32
+	$(STOREREC) bench --suite serve $(ARGS)
 
 bench-ml100k: install  ## every model on MovieLens-100K against implicit/LightFM called directly
 	$(STOREREC) bench --suite ml100k $(ARGS)

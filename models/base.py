@@ -126,7 +126,8 @@ class ModelBase(ABC):
         assert self.seen is not None
         known = user_idx >= 0
         nnz = np.zeros(len(user_idx), dtype=np.int64)
-        nnz[known] = np.diff(self.seen.indptr)[user_idx[known]]
+        indptr = self.seen.indptr
+        nnz[known] = indptr[user_idx[known] + 1] - indptr[user_idx[known]]
         hot = np.flatnonzero(known & (nnz > 0))
         warm = np.flatnonzero(known & (nnz == 0))
         cold = np.flatnonzero(~known)

@@ -66,6 +66,7 @@ class ReasonCode:
 
 @dataclass(frozen=True)
 class Filters:
+    exclude_seen: bool = True
     exclude_purchased: bool = True
     include_categories: tuple[str, ...] = ()
     exclude_categories: tuple[str, ...] = ()
@@ -150,8 +151,16 @@ class Ranker:
         self.titles = table[C.Title].fill_null("").to_list() if C.Title in table.columns else [""] * self.n
         self.category = np.asarray(table[C.Category].fill_null("").to_list(), dtype=object)
         self.categories = sorted(set(self.category.tolist()) - {""})
-        cat_codes = {c: i for i, c in enumerate(self.categories)}
-        self.cat_code = np.array([cat_codes.get(c, -1) for c in self.category], dtype=np.int64)
+        self._cat_index = {c: i for i, c in enumerate(self.categories)}
+        self.cat_code = np.array([self._cat_index.get(c, -1) for c in self.category], dtype=np.int64)
+        # Every category path and each of its ancestors ("Home", "Home > Kitchen") -> item mask.
+        self._prefix_masks: dict[str, np.ndarray] = {}
+        for code, cat in enumerate(self.categories):
+            parts = cat.split(" > ")
+            for depth in range(1, len(parts) + 1):
+                prefix = " > ".join(parts[:depth])
+                mask = self._prefix_masks.setdefault(prefix, np.zeros(self.n, dtype=bool))
+                mask |= self.cat_code == code
         l1 = [c.split(" > ")[0] for c in self.category]
         l1_codes = {c: i for i, c in enumerate(sorted(set(l1)))}
         self.l1_code = np.array([l1_codes[c] for c in l1], dtype=np.int64)
@@ -259,18 +268,14 @@ class Ranker:
 
     def _category_mask(self, categories: Sequence[str]) -> np.ndarray:
         """Items in any of ``categories`` (a full path, or a top level such as ``Home``)."""
-        mask = np.zeros(self.n, dtype=bool)
-        unknown = []
-        for c in categories:
-            hit = (self.category == c) | np.char.startswith(self.category.astype(str), c + " > ")
-            if not hit.any():
-                unknown.append(c)
-            mask |= hit
+        unknown = [c for c in categories if c not in self._prefix_masks]
         if unknown:
             raise RankingInputError(
                 f"unknown categor{'y' if len(unknown) == 1 else 'ies'} {unknown}; known: {self.categories}"
             )
-        return mask
+        if len(categories) == 1:
+            return self._prefix_masks[categories[0]].copy()
+        return np.logical_or.reduce([self._prefix_masks[c] for c in categories])
 
     def filter_mask(self, filters: Filters, user_id: str | None = None) -> np.ndarray:
         valid = np.ones(self.n, dtype=bool)
@@ -289,6 +294,11 @@ class Ranker:
             valid[ids[ids >= 0]] = False
         if filters.exclude_purchased and user_id is not None and user_id in self.purchased:
             valid[self.purchased[user_id]] = False
+        if filters.exclude_seen and user_id is not None:
+            u = int(self.model.users.to_internal([user_id])[0])  # type: ignore[union-attr]
+            if u >= 0:
+                seen = self.model.seen  # the interactions the model was fitted on
+                valid[seen.indices[seen.indptr[u] : seen.indptr[u + 1]]] = False
         return valid
 
     def trending(self, k: int, category: str | None = None, region: str | None = None) -> RankResult:
@@ -305,7 +315,7 @@ class Ranker:
             valid &= self._category_mask([category])
         order = np.flatnonzero(valid)[np.argsort(-scores[valid], kind="stable")][:k]
         items = [
-            RankedItem(self.item_ids[i], r + 1, float(scores[i]), self.category[i], self._reasons(None, i, None, hot=False))
+            RankedItem(self.item_ids[i], r + 1, float(scores[i]), self.category[i], self._reasons(None, i, hot=False))
             for r, i in enumerate(order)
         ]
         return RankResult(items, "any", source)
@@ -383,78 +393,108 @@ class Ranker:
         n_valid = int(valid.sum())
         if n_valid == 0:
             return RankResult([], kind, source)
-        pool_n = min(n_valid, max(5 * k, 50))
-        pool = np.argpartition(-rel, pool_n - 1)[:pool_n] if pool_n < self.n else np.arange(self.n)
-        pool = pool[np.isfinite(rel[pool])]
-        if diversity.max_per_category is not None:
-            # A category cap may exhaust the top of the pool: add each category's best items.
-            extra = []
-            for code in np.unique(self.cat_code[valid]):
-                members = np.flatnonzero(valid & (self.cat_code == code))
-                extra.append(members[np.argsort(-rel[members], kind="stable")[: diversity.max_per_category]])
-            pool = np.unique(np.concatenate([pool, *extra]))
-        pool = pool[np.argsort(-rel[pool], kind="stable")]
+        cap = diversity.max_per_category
+        pool = self._candidates(rel, max(5 * k, 50), cap)
         # New arrivals and trending items join the pool at the boundary score so they can compete.
         boundary = float(rel[pool[min(k, len(pool)) - 1]]) if len(pool) else 0.0
         profile = self.profiles.get(user_id) or {}
-        liked = profile.get("top_categories") or {}
-        inject = []
-        new_valid = np.flatnonzero(valid & self.is_new) if source in ("model", "trending") else np.empty(0, np.int64)
-        if len(new_valid):
-            pref = np.array([liked.get(self.category[i], 0.0) for i in new_valid]) + 1e-3 * self.pop_7d[new_valid]
-            inject += new_valid[np.argsort(-pref, kind="stable")[:2]].tolist()
+        inject: list[int] = []
+        if source in ("model", "trending"):
+            new_valid = np.flatnonzero(valid & self.is_new)
+            if len(new_valid):
+                share = np.zeros(len(self.categories) + 1)  # last slot: items without a category
+                for cat, value in (profile.get("top_categories") or {}).items():
+                    if cat in self._cat_index:
+                        share[self._cat_index[cat]] = value
+                pref = share[self.cat_code[new_valid]] + 1e-3 * self.pop_7d[new_valid]
+                inject += new_valid[np.argsort(-pref, kind="stable")[:2]].tolist()
         if source == "model":
             tr = np.flatnonzero(valid & self.trending_ok)
             if len(tr):
                 inject += tr[np.argsort(-self.trending_rank_score[tr], kind="stable")[:2]].tolist()
-        rel = rel.copy()
-        for i in inject:
-            rel[i] = max(rel[i], boundary)
-        pool = np.unique(np.concatenate([pool, np.asarray(inject, dtype=np.int64)]))
-        pool = pool[np.argsort(-rel[pool], kind="stable")]
+        if inject:
+            rel = rel.copy()
+            for i in inject:
+                rel[i] = max(rel[i], boundary)
+            pool = np.unique(np.concatenate([pool, np.asarray(inject, dtype=np.int64)]))
+            pool = pool[np.argsort(-rel[pool], kind="stable")]
 
-        chosen = self._mmr(pool, rel[pool], k, diversity)
-        hist = self.history.get(user_id)
+        chosen = np.asarray(self._mmr(pool, rel[pool], k, diversity), dtype=np.int64)
+        hist_items, hist_types = self.history.get(user_id, (np.empty(0, np.int64), np.empty(0, np.int8)))
+        ctx_src = self._first_neighbour_of(ctx, chosen)
+        hist_src = self._first_neighbour_of(hist_items, chosen)
+        hot = kind == "hot" and served_by_model
         items = [
             RankedItem(
                 self.item_ids[i],
                 r + 1,
                 float(rel[i]),
                 self.category[i],
-                self._reasons(user_id, i, hist, hot=kind == "hot" and served_by_model, ctx=ctx),
+                self._reasons(
+                    user_id, int(i), hot=hot,
+                    ctx_item=int(ctx[ctx_src[r]]) if ctx_src[r] >= 0 else None,
+                    hist_item=int(hist_items[hist_src[r]]) if hist_src[r] >= 0 else None,
+                    hist_type=int(hist_types[hist_src[r]]) if hist_src[r] >= 0 else None,
+                ),
             )
             for r, i in enumerate(chosen)
         ]
         return RankResult(items, kind, source)
 
+    def _candidates(self, rel: np.ndarray, want: int, cap: int | None) -> np.ndarray:
+        """The ``want`` best items by ``rel`` (finite only), best first. With a category cap,
+        only items among their category's ``cap`` best count: the others can never fill a
+        capped list. Works on the top of the ranking first and widens only when needed."""
+        finite = np.flatnonzero(np.isfinite(rel))
+        if len(finite) == 0:
+            return finite
+        top_n = min(len(finite), want if cap is None else 4 * want)
+        while True:
+            top = finite[np.argpartition(-rel[finite], top_n - 1)[:top_n]] if top_n < len(finite) else finite
+            top = top[np.argsort(-rel[top], kind="stable")]
+            if cap is None:
+                return top[:want]
+            by_cat = np.argsort(self.cat_code[top], kind="stable")  # keeps the rel order within a category
+            sorted_cats = self.cat_code[top][by_cat]
+            starts = np.flatnonzero(np.r_[True, sorted_cats[1:] != sorted_cats[:-1]])
+            pos = np.empty(len(top), dtype=np.int64)  # rank of each item within its category
+            pos[by_cat] = np.arange(len(top)) - np.repeat(starts, np.diff(np.r_[starts, len(top)]))
+            keep = top[pos < cap]
+            if len(keep) >= want or top_n == len(finite):
+                return keep[:want]
+            top_n = len(finite)
+
     def _mmr(self, pool: np.ndarray, rel: np.ndarray, k: int, diversity: Diversity) -> list[int]:
         lam = 1.0 - float(np.clip(diversity.strength, 0.0, 1.0))
         cap = diversity.max_per_category
         cats = self.cat_code[pool]
-        if self.unit is not None:
+        if lam == 1.0:
+            sim = np.zeros((len(pool), len(pool)))
+        elif self.unit is not None:
             vec_sim = np.clip(self.unit[pool] @ self.unit[pool].T, 0, 1)
             sim = 0.5 * (cats[:, None] == cats[None, :]) + 0.5 * vec_sim
         else:
             l1 = self.l1_code[pool]
             sim = 1.0 * (cats[:, None] == cats[None, :]) + 0.3 * ((l1[:, None] == l1[None, :]) & (cats[:, None] != cats[None, :]))
+        penalty = 1.0 - lam
+        score = lam * rel.astype(np.float64)  # the MMR score of every pool item, updated in place
         max_sim = np.zeros(len(pool), dtype=np.float64)
-        taken = np.zeros(len(pool), dtype=bool)
         per_cat: dict[int, int] = {}
         chosen: list[int] = []
-        while len(chosen) < k:
-            score = lam * rel - (1 - lam) * max_sim
-            score[taken] = -np.inf
-            if cap is not None:
-                full = [c for c, n in per_cat.items() if n >= cap]
-                if full:
-                    score[np.isin(cats, full)] = -np.inf
-            j = int(np.argmax(score))
-            if not np.isfinite(score[j]):
+        for _ in range(min(k, len(pool))):
+            j = int(score.argmax())
+            if score[j] == -np.inf:
                 break
-            taken[j] = True
             chosen.append(int(pool[j]))
-            per_cat[int(cats[j])] = per_cat.get(int(cats[j]), 0) + 1
-            max_sim = np.maximum(max_sim, sim[j])
+            c = int(cats[j])
+            per_cat[c] = per_cat.get(c, 0) + 1
+            if penalty > 0:
+                grown = np.maximum(max_sim, sim[j])
+                score -= penalty * (grown - max_sim)
+                max_sim = grown
+            score[j] = -np.inf
+            if cap is not None and per_cat[c] >= cap:
+                score[cats == c] = -np.inf
         return chosen
 
     # ---- reasons ------------------------------------------------------------------------------
@@ -463,24 +503,37 @@ class Ranker:
     def _reason(code: str, text: str, **evidence: Any) -> dict[str, Any]:
         return {"code": code, "text": text, "evidence": evidence}
 
+    def _first_neighbour_of(self, sources: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+        """For each chosen item, the position of the first of ``sources`` that has it among its
+        ``NEIGHBOURS`` most similar items, or -1."""
+        if len(sources) == 0 or len(chosen) == 0 or self.neighbours.shape[1] == 0:
+            return np.full(len(chosen), -1, dtype=np.int64)
+        hit = (self.neighbours[sources][:, :, None] == chosen[None, None, :]).any(axis=1)  # (sources, chosen)
+        return np.where(hit.any(axis=0), hit.argmax(axis=0), -1)
+
     def _reasons(
-        self, user_id: str | None, i: int, hist: tuple[np.ndarray, np.ndarray] | None, *, hot: bool, ctx: np.ndarray | None = None
+        self,
+        user_id: str | None,
+        i: int,
+        *,
+        hot: bool,
+        ctx_item: int | None = None,
+        hist_item: int | None = None,
+        hist_type: int | None = None,
     ) -> list[dict[str, Any]]:
+        """Reasons for item ``i``; ``ctx_item`` / ``hist_item`` are the context and history items
+        that have ``i`` among their neighbours (from :meth:`_first_neighbour_of`)."""
         out = []
         cat = self.category[i]
-        if ctx is not None:
-            for c in ctx:
-                if i in self.neighbours[c]:
-                    out.append(self._reason(ReasonCode.SIMILAR_TO_CONTEXT, f"Similar to {self.titles[c] or self.item_ids[c]}, which you are looking at", item_id=self.item_ids[c]))
-                    break
-        if hist is not None:
-            for h, t in zip(*hist):
-                if i in self.neighbours[h]:
-                    bought = t == TYPE_RANK["purchase"]
-                    code = ReasonCode.BECAUSE_BOUGHT if bought else ReasonCode.BECAUSE_VIEWED
-                    verb = "bought" if bought else "viewed"
-                    out.append(self._reason(code, f"Because you {verb} {self.titles[h] or self.item_ids[h]}", item_id=self.item_ids[h]))
-                    break
+        if ctx_item is not None:
+            c = ctx_item
+            out.append(self._reason(ReasonCode.SIMILAR_TO_CONTEXT, f"Similar to {self.titles[c] or self.item_ids[c]}, which you are looking at", item_id=self.item_ids[c]))
+        if hist_item is not None:
+            h = hist_item
+            bought = hist_type == TYPE_RANK["purchase"]
+            code = ReasonCode.BECAUSE_BOUGHT if bought else ReasonCode.BECAUSE_VIEWED
+            verb = "bought" if bought else "viewed"
+            out.append(self._reason(code, f"Because you {verb} {self.titles[h] or self.item_ids[h]}", item_id=self.item_ids[h]))
         profile = self.profiles.get(user_id) if user_id else None
         if profile:
             share = (profile.get("top_categories") or {}).get(cat)

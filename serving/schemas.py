@@ -18,7 +18,10 @@ class ContextIn(_Strict):
 
 
 class FiltersIn(_Strict):
-    exclude_purchased: bool = Field(True, description="Leave out items the user already bought.")
+    exclude_seen: bool = Field(
+        True, description="Leave out every item the user already interacted with (viewed, carted, bought); false for reminder lists."
+    )
+    exclude_purchased: bool = Field(True, description="Leave out items the user already bought (applies also when exclude_seen is false).")
     include_categories: list[str] = Field(default_factory=list, max_length=50, description="Only these categories (full path or top level).")
     exclude_categories: list[str] = Field(default_factory=list, max_length=50)
     min_price: float | None = Field(None, ge=0)
@@ -101,3 +104,20 @@ class ReloadResponse(BaseModel):
     model: str
     model_version: str
     previous_version: str
+
+
+class ScoreRequest(_Strict):
+    user_id: str = Field(..., min_length=1, max_length=200, examples=["u00042"])
+    k: int = Field(10, ge=1, le=100)
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+
+
+class ScoreResponse(BaseModel):
+    request_id: str
+    model: str
+    model_version: str
+    items: list[ScoredItem]

@@ -26,9 +26,13 @@ from serving.schemas import (
     RecommendResponse,
     ReloadRequest,
     ReloadResponse,
+    ScoredItem,
+    ScoreRequest,
+    ScoreResponse,
     SimilarRequest,
     SimilarResponse,
 )
+from models.base import top_k
 from serving.state import Loaded, load
 from storerec.errors import UserError
 from storerec.settings import load_settings
@@ -65,7 +69,13 @@ def _items(items: list[RankedItem]) -> list[ItemOut]:
 SETTINGS = load_settings()
 
 
-@bentoml.service(name="storerec", workers=SETTINGS.serving.workers, traffic={"timeout": 30})
+@bentoml.service(
+    name="storerec",
+    workers=SETTINGS.serving.workers,
+    traffic={"timeout": 30},
+    logging={"access": {"enabled": SETTINGS.serving.access_log}},
+    metrics={"enabled": SETTINGS.serving.metrics},
+)
 class StoreRec:
     def __init__(self) -> None:
         self.settings = SETTINGS
@@ -87,7 +97,7 @@ class StoreRec:
         return state
 
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
-    def recommend(self, **kw: Any) -> RecommendResponse:
+    async def recommend(self, **kw: Any) -> RecommendResponse:
         """Personalised list with reasons and diversity (home, product and cart pages)."""
         req = RecommendRequest.model_validate(kw)
         state = self._current()
@@ -98,6 +108,7 @@ class StoreRec:
                 req.k,
                 Context(req.context.page, tuple(req.context.item_ids), tuple(req.context.recent_item_ids)),
                 Filters(
+                    exclude_seen=req.filters.exclude_seen,
                     exclude_purchased=req.filters.exclude_purchased,
                     include_categories=tuple(req.filters.include_categories),
                     exclude_categories=tuple(req.filters.exclude_categories),
@@ -119,8 +130,26 @@ class StoreRec:
             items=_items(result.items),
         )
 
+    @bentoml.api(route="/score", input_spec=ScoreRequest)
+    async def score(self, **kw: Any) -> ScoreResponse:
+        """Bare model scores: the user's top k over all items, with no filters, context, diversity
+        or reasons. A diagnostic, and the baseline of the serving benchmark (``make bench-serve``)."""
+        req = ScoreRequest.model_validate(kw)
+        state = self._current()
+        model = state.ranker.model
+        scores, ok = model.score([req.user_id])
+        if not ok[0]:
+            raise NotFound(f"the {model.name} model cannot score user_id {req.user_id!r} (unknown user); use /recommend for cold start")
+        idx, sc = top_k(scores, req.k)
+        keep = idx[0] >= 0
+        ids = model.items.to_external(idx[0][keep])  # type: ignore[union-attr]
+        return ScoreResponse(
+            request_id=uuid.uuid4().hex, model=state.model_name, model_version=state.version,
+            items=[ScoredItem(item_id=i, score=float(s)) for i, s in zip(ids.tolist(), sc[0][keep].tolist())],
+        )
+
     @bentoml.api(route="/similar_items", input_spec=SimilarRequest)
-    def similar_items(self, **kw: Any) -> SimilarResponse:
+    async def similar_items(self, **kw: Any) -> SimilarResponse:
         """Item page: similar items (the model's item-item similarity) and items bought together."""
         req = SimilarRequest.model_validate(kw)
         state = self._current()
@@ -134,7 +163,7 @@ class StoreRec:
         )
 
     @bentoml.api(route="/trending", input_spec=ListRequest)
-    def trending(self, **kw: Any) -> ListResponse:
+    async def trending(self, **kw: Any) -> ListResponse:
         """Items growing fastest this week (established items), optionally per category or region."""
         req = ListRequest.model_validate(kw)
         try:
@@ -144,7 +173,7 @@ class StoreRec:
         return ListResponse(request_id=uuid.uuid4().hex, items=_items(result.items))
 
     @bentoml.api(route="/new_arrivals", input_spec=ListRequest)
-    def new_arrivals(self, **kw: Any) -> ListResponse:
+    async def new_arrivals(self, **kw: Any) -> ListResponse:
         """Popular new arrivals, optionally per category."""
         req = ListRequest.model_validate(kw)
         try:

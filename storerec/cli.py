@@ -325,9 +325,18 @@ def models_cmd(state: _State) -> None:
 @click.option("--models", "model_names", default=None, help="Comma-separated models to fit on one split and compare (default: training.run_models).")
 @click.option("--runs", default=None, help="Comma-separated MLflow run ids to compare instead (must share a split).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report folder (default: reports/evaluation-<time>).")
+@click.option(
+    "--pipeline/--no-pipeline",
+    default=False,
+    show_default=True,
+    help="Also evaluate each model through the serving pipeline (filters, extra candidates, MMR diversity), "
+    "with and without diversity: shows what diversity costs in NDCG and gains in coverage and intra-list diversity.",
+)
 @data_dir_option
 @click.pass_obj
-def evaluate(state: _State, model_names: str | None, runs: str | None, out: Path | None, data_dir: Path | None) -> None:
+def evaluate(
+    state: _State, model_names: str | None, runs: str | None, out: Path | None, pipeline: bool, data_dir: Path | None
+) -> None:
     """Compare models or runs on the same split; writes a Markdown report with PNG charts
     (metrics per model, NDCG per segment, coverage against NDCG) and logs it to MLflow."""
     from storerec.progress import Progress
@@ -335,11 +344,13 @@ def evaluate(state: _State, model_names: str | None, runs: str | None, out: Path
 
     if runs and model_names:
         raise click.UsageError("give --models or --runs, not both")
+    if runs and pipeline:
+        raise click.UsageError("--pipeline needs models fitted here (--models), not logged --runs")
     if runs:
         path = compare_runs(state.settings, [r.strip() for r in runs.split(",") if r.strip()], out)
     else:
         names = [m.strip() for m in model_names.split(",")] if model_names else state.settings.training.run_models
-        path = compare_models(state.settings, state.data_dir(data_dir), names, out, Progress("evaluate", quiet=state.quiet))
+        path = compare_models(state.settings, state.data_dir(data_dir), names, out, Progress("evaluate", quiet=state.quiet), pipeline=pipeline)
     click.echo(f"report: {path}")
 
 
@@ -392,10 +403,11 @@ def mlflow_ui(state: _State, port: int, host: str) -> None:
 )
 @click.option(
     "--suite",
-    type=click.Choice(["offline", "ml100k", "all"]),
+    type=click.Choice(["offline", "ml100k", "serve", "all"]),
     default="all",
     show_default=True,
-    help="offline: simulator + profiles at scale; ml100k: every model on MovieLens-100K.",
+    help="offline: simulator + profiles at scale; ml100k: every model on MovieLens-100K; "
+    "serve: the HTTP service under load (built-in store and MovieLens-100K).",
 )
 @click.option(
     "--ml-dir",
@@ -405,16 +417,29 @@ def mlflow_ui(state: _State, port: int, host: str) -> None:
     help="MovieLens-100K folder.",
 )
 @click.option("--trials", type=int, default=20, show_default=True, help="Tuning trials per model (ml100k suite).")
+@click.option("--duration", type=float, default=5.0, show_default=True, help="Seconds measured per run (serve suite).")
+@click.option("--concurrency", default="1,8,32", show_default=True, help="Comma-separated concurrency levels (serve suite).")
 @click.pass_obj
-def bench(state: _State, n_events: int, repeats: int, out: Path, suite: str, ml_dir: Path, trials: int) -> None:
-    """Benchmarks: simulator and profiles at scale (seconds, peak memory), and every model on
-    MovieLens-100K against the libraries called directly. Prints Markdown tables (medians)."""
+def bench(
+    state: _State, n_events: int, repeats: int, out: Path, suite: str, ml_dir: Path, trials: int, duration: float, concurrency: str
+) -> None:
+    """Benchmarks: simulator and profiles at scale (seconds, peak memory), every model on
+    MovieLens-100K against the libraries called directly, and the HTTP service under load
+    (full pipeline against a bare scoring endpoint). Prints Markdown tables (medians)."""
     from storerec.bench import ml100k_benchmark, run_benchmarks
 
     if suite in ("ml100k", "all"):
         if not (ml_dir / "u.data").exists():
             raise UserError(f"{ml_dir}/u.data not found: pass --ml-dir to the MovieLens-100K folder")
         click.echo(ml100k_benchmark(state.settings, ml_dir, out, trials=trials, repeats=repeats, quiet=state.quiet))
+    if suite in ("serve", "all"):
+        from storerec.bench_serve import serve_benchmark
+
+        try:
+            levels = tuple(int(c) for c in concurrency.split(",") if c.strip())
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated integers, got {concurrency!r}", param_hint="--concurrency") from None
+        click.echo(serve_benchmark(out, ml_dir, concurrency=levels, duration=duration, repeats=repeats, quiet=state.quiet))
     if suite in ("offline", "all"):
         click.echo(run_benchmarks(state.settings, n_events=n_events, repeats=repeats, out=out, quiet=state.quiet))
 
@@ -447,6 +472,10 @@ def serve(state: _State, host: str | None, port: int | None, model_ref: str | No
     env["STOREREC__MLFLOW__TRACKING_URI"] = settings.mlflow.resolved_tracking_uri()
     if workers:
         env["STOREREC__SERVING__WORKERS"] = str(workers)
+    if not settings.serving.tracing:
+        env["OTEL_SDK_DISABLED"] = "true"  # BentoML otherwise builds a span per request
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(settings.serving.blas_threads)
     if state.config:
         env["STOREREC_CONFIG"] = str(Path(state.config).resolve())
     host = host or settings.serving.host

@@ -167,6 +167,12 @@ class ServingSettings(_Section):
     diversity_strength: float = Field(0.3, ge=0, le=1, description="Default MMR strength (0 = relevance only).")
     admin_token: str | None = Field(None, description="If set, POST /admin/reload needs header x-admin-token with this value.")
     max_body_bytes: int = Field(65_536, ge=1024, description="Larger request bodies get 413.")
+    access_log: bool = Field(True, description="BentoML's per-request access log lines.")
+    metrics: bool = Field(True, description="Prometheus metrics at GET /metrics.")
+    tracing: bool = Field(
+        False, description="OpenTelemetry spans per request (BentoML's tracing); off, the SDK is disabled, which saves CPU per request."
+    )
+    blas_threads: int = Field(1, ge=1, description="BLAS threads per worker; one request's matrix work is small, so 1 avoids spinning threads.")
 
 
 class Settings(_Section):

@@ -118,3 +118,24 @@ def test_similar_items_stay_in_category(results: dict[str, TrainResult]) -> None
         assert sim["item_id"].n_unique() == 50, name
         same = np.mean([cat[a] == cat[b] for a, b in zip(sim["item_id"], sim["similar_item_id"])])
         assert same > 0.6, (name, same)
+
+
+def test_served_pipeline_trades_a_little_accuracy_for_variety(split: tuple[Tables, Split], results: dict[str, TrainResult]) -> None:
+    """Offline evaluation through the serving pipeline: MMR raises intra-list diversity and the
+    category cap holds in every list, at a bounded cost in NDCG."""
+    from training.pipeline import evaluate_served
+
+    _, sp = split
+    res = results["als"]
+    rows = evaluate_served(res.model, sp, res.prepared, S)
+    plain = rows["served, no diversity"]
+    mmr = rows[f"served, diversity {S.serving.diversity_strength:g}"]
+    capped = rows[f"served, diversity {S.serving.diversity_strength:g} + max 3 per category"]
+    assert plain["n_test_users"] == res.metrics["n_test_users"]
+    assert mmr["diversity@10"] > plain["diversity@10"] + 0.02, (mmr["diversity@10"], plain["diversity@10"])
+    assert capped["diversity@10"] >= mmr["diversity@10"] - 1e-9
+    # at most 3 of 10 items share a category: the share of different-category pairs is at least
+    # 1 - (sum of same-category pairs) / 90 with the most concentrated 3+3+3+1 split = 1 - 18/90
+    assert capped["diversity@10"] >= 0.8 - 1e-9
+    assert mmr["ndcg@10"] >= 0.7 * plain["ndcg@10"], (mmr["ndcg@10"], plain["ndcg@10"])
+    assert plain["ndcg@10"] > results["popularity"].metrics["ndcg@10"]

@@ -181,6 +181,46 @@ def test_filters_are_honoured(svc, data) -> None:
     assert all(stock[i["item_id"]] for i in body["items"])
 
 
+def test_seen_items_are_left_out_unless_asked_for(svc, data) -> None:
+    """Default lists leave out everything the user interacted with; exclude_seen=false lets
+    viewed (not bought) items back in, for reminder lists."""
+    user = hot_users(data)[2]
+    mine = data["events"].filter(pl.col("user_id") == user)
+    seen = set(mine["item_id"])
+    bought = set(mine.filter(pl.col("event_type") == "purchase")["item_id"])
+    body = post(svc, "/recommend", {"user_id": user, "k": 50}).json()
+    assert len(body["items"]) == 50 and not seen & {i["item_id"] for i in body["items"]}
+    body = post(svc, "/recommend", {"user_id": user, "k": 50, "filters": {"exclude_seen": False}}).json()
+    got = {i["item_id"] for i in body["items"]}
+    assert got & (seen - bought), "an ALS list of 50 with seen items allowed should re-show some viewed item"
+    assert not got & bought
+
+
+def test_bare_score_endpoint(svc, data) -> None:
+    user = hot_users(data)[0]
+    r = post(svc, "/score", {"user_id": user, "k": 7})
+    assert r.status_code == 200, r.text
+    items = r.json()["items"]
+    assert len(items) == 7 and [i["score"] for i in items] == sorted((i["score"] for i in items), reverse=True)
+    r = post(svc, "/score", {"user_id": "nobody-at-all", "k": 7})
+    assert r.status_code == 404 and "nobody-at-all" in r.text
+
+
+def test_load_generator_against_the_service(svc, data) -> None:
+    """The benchmark's client: every request answered 200, latencies recorded."""
+    from storerec.loadgen import post_request, run_load
+
+    port = int(str(svc["client"].base_url).rsplit(":", 1)[1].strip("/"))
+    reqs = [post_request("127.0.0.1", port, "/recommend", {"user_id": u, "k": 10}) for u in hot_users(data, 5)]
+    res = run_load("127.0.0.1", port, reqs, concurrency=2, warmup_s=0.2, duration_s=1.0)
+    summary = res.summary()
+    assert summary["errors"] == 0 and summary["requests"] > 10
+    assert 0 < summary["p50_ms"] <= summary["p99_ms"]
+    bad = [post_request("127.0.0.1", port, "/recommend", {"user_id": "u", "k": 0})]
+    res = run_load("127.0.0.1", port, bad, concurrency=1, warmup_s=0.0, duration_s=0.3)
+    assert res.requests == 0 and res.errors.get("HTTP 400", 0) > 0
+
+
 def test_cold_start_paths(svc, data) -> None:
     body = post(svc, "/recommend", {"user_id": "never-seen-before", "k": 8}).json()
     assert body["user_kind"] == "cold" and body["source"] == "trending" and len(body["items"]) == 8

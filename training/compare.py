@@ -15,7 +15,7 @@ from storerec.errors import UserError
 from storerec.progress import Progress
 from storerec.settings import Settings
 from training import tracking
-from training.pipeline import Split, Tables, make_split, train_and_evaluate
+from training.pipeline import Split, Tables, evaluate_served, make_split, train_and_evaluate
 
 
 def default_report_dir() -> Path:
@@ -35,8 +35,13 @@ def publish(results: dict[str, dict[str, float]], k: int, out: Path, context: di
     return path
 
 
-def compare_models(settings: Settings, data_dir: Path, models: list[str], out: Path | None, progress: Progress) -> Path:
-    """Fit every model on the same split, evaluate, and publish one report."""
+def compare_models(
+    settings: Settings, data_dir: Path, models: list[str], out: Path | None, progress: Progress, *, pipeline: bool = False
+) -> Path:
+    """Fit every model on the same split, evaluate, and publish one report.
+
+    With ``pipeline``, each model is also evaluated through the serving pipeline (filters,
+    extra candidates, diversity re-ranking): rows ``<model> · served, ...``."""
     tracking.configure(settings.mlflow)
     with progress.step("load data and split"):
         tables = Tables.load(data_dir)
@@ -48,6 +53,10 @@ def compare_models(settings: Settings, data_dir: Path, models: list[str], out: P
             res = train_and_evaluate(settings, tables, split, name, None, cached)
             cached = res.prepared
             results[name] = res.metrics
+        if pipeline:
+            with progress.step(f"{name}: the serving pipeline, with and without diversity"):
+                for label, metrics in evaluate_served(res.model, split, res.prepared, settings).items():
+                    results[f"{name} · {label}"] = metrics
     return publish(results, settings.training.k, out or default_report_dir(), _context(split))
 
 

@@ -185,7 +185,12 @@ def evaluate(model: ModelBase, split: Split, prepared: Prepared, k: int) -> dict
     model handles items without train interactions.
     """
     test_users = split.test[C.User].unique(maintain_order=True).to_list()
-    reco = model.recommend(test_users, k=k)
+    return metrics_of(model.recommend(test_users, k=k), model, split, prepared, k)
+
+
+def metrics_of(reco: pl.DataFrame, model: ModelBase, split: Split, prepared: Prepared, k: int) -> dict[str, float]:
+    """Every metric of ``reco`` (``user_id, item_id, rank``) on the split, as in :func:`evaluate`."""
+    test_users = split.test[C.User].unique(maintain_order=True).to_list()
     groups = prepared.profiles.select(C.User, pl.col("segment").cast(pl.String))
     groups = pl.concat(
         [groups, pl.DataFrame({C.User: [u for u in test_users if u not in model.users], "segment": "cold"})],  # type: ignore[operator]
@@ -210,6 +215,40 @@ def evaluate(model: ModelBase, split: Split, prepared: Prepared, k: int) -> dict
         hits = top.join(cold_test, on=[C.User, C.Item], how="inner").height
         metrics[f"cold_item_recall@{k}"] = hits / cold_test.height
     return metrics
+
+
+SERVED_VARIANTS = {  # name suffix -> (diversity strength or None for the configured default, category cap)
+    "served, no diversity": (0.0, None),
+    "served, diversity": (None, None),
+    "served, diversity + max 3 per category": (None, 3),
+}
+
+
+def evaluate_served(
+    model: ModelBase, split: Split, prepared: Prepared, settings: Settings, progress: Any = None
+) -> dict[str, dict[str, float]]:
+    """Metrics of the lists the service would return: the same :class:`serving.ranking.Ranker`
+    (default business filters, trending/new-arrival candidates, MMR diversity) built on the
+    split's train events, profiles and item features as of the cut. One row per
+    :data:`SERVED_VARIANTS` entry, so the report shows what diversity costs and gains."""
+    from serving.ranking import Context, Diversity, Filters, Ranker
+
+    k = settings.training.k
+    ranker = Ranker(model, prepared.item_table, prepared.profiles, split.train, context_weight=settings.serving.context_weight)
+    users = split.test[C.User].unique(maintain_order=True).to_list()
+    out = {}
+    for name, (strength, cap) in SERVED_VARIANTS.items():
+        diversity = Diversity(settings.serving.diversity_strength if strength is None else strength, cap)
+        label = name.replace("diversity", f"diversity {diversity.strength:g}", 1) if strength is None else name
+        rows_u, rows_i, rows_r = [], [], []
+        for user in users:
+            for item in ranker.rank(user, k, Context(), Filters(), diversity).items:
+                rows_u.append(user)
+                rows_i.append(item.item_id)
+                rows_r.append(item.rank)
+        reco = pl.DataFrame({C.User: rows_u, C.Item: rows_i, "rank": rows_r}, schema={C.User: pl.String, C.Item: pl.String, "rank": pl.Int64})
+        out[label] = metrics_of(reco, model, split, prepared, k)
+    return out
 
 
 def train_and_evaluate(
