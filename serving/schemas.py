@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -42,11 +43,22 @@ class DiversityIn(_Strict):
 
 
 class RecommendRequest(_Strict):
-    user_id: str = Field(..., min_length=1, max_length=200, description="Shopper id; unknown ids get cold-start lists.", examples=["u00042"])
+    user_id: str | None = Field(
+        None, min_length=1, max_length=200, description="Shopper id; unknown ids get cold-start lists.", examples=["u00042"]
+    )
+    session_id: str | None = Field(
+        None, min_length=1, max_length=200, description="Session id: required for anonymous shoppers (no user_id); they are bucketed by it in experiments."
+    )
     k: int = Field(10, ge=1, le=100, description="Number of items.")
     context: ContextIn = Field(default_factory=ContextIn)
     filters: FiltersIn = Field(default_factory=FiltersIn)
     diversity: DiversityIn = Field(default_factory=DiversityIn)
+
+    @model_validator(mode="after")
+    def _who(self) -> "RecommendRequest":
+        if self.user_id is None and self.session_id is None:
+            raise ValueError("give user_id, or session_id for an anonymous shopper")
+        return self
 
 
 class Reason(BaseModel):
@@ -63,10 +75,15 @@ class ItemOut(BaseModel):
     reasons: list[Reason]
 
 
-class RecommendResponse(BaseModel):
-    request_id: str
+class _Served(BaseModel):
+    request_id: str = Field(..., description="Send it back with POST /events so clicks and purchases count for this list.")
     model: str
     model_version: str
+
+
+class RecommendResponse(_Served):
+    experiment: str | None = Field(None, description="The experiment this shopper is in, if any.")
+    variant: str | None = Field(None, description="The shopper's variant in that experiment (sticky).")
     user_kind: Literal["hot", "warm", "cold", "any"] = Field(..., description="hot: history; warm: profile only; cold: unknown.")
     source: str = Field(..., description="model, model+context, context or trending.")
     items: list[ItemOut]
@@ -77,10 +94,7 @@ class SimilarRequest(_Strict):
     k: int = Field(10, ge=1, le=100)
 
 
-class SimilarResponse(BaseModel):
-    request_id: str
-    model: str
-    model_version: str
+class SimilarResponse(_Served):
     similar: list[ItemOut]
     bought_together: list[ItemOut]
 
@@ -116,8 +130,31 @@ class ScoredItem(BaseModel):
     score: float
 
 
-class ScoreResponse(BaseModel):
-    request_id: str
-    model: str
-    model_version: str
+class ScoreResponse(_Served):
     items: list[ScoredItem]
+
+
+class EventIn(_Strict):
+    request_id: str = Field(..., min_length=1, max_length=64, description="request_id of the list the item was shown in.")
+    item_id: str = Field(..., min_length=1, max_length=200)
+    event_type: Literal["click", "cart", "purchase"]
+    revenue: float = Field(0.0, ge=0, le=1e9, description="Order value of the item; purchases only.")
+    user_id: str | None = Field(None, max_length=200)
+    session_id: str | None = Field(None, max_length=200)
+    event_id: str | None = Field(None, min_length=1, max_length=100, description="Your id for the event: a retried event with the same id is stored once.")
+    timestamp: datetime | None = Field(None, description="When it happened (UTC); default: when received.")
+
+    @model_validator(mode="after")
+    def _revenue(self) -> "EventIn":
+        if self.revenue and self.event_type != "purchase":
+            raise ValueError(f"revenue is only allowed on purchase events, not on {self.event_type!r}")
+        return self
+
+
+class EventsRequest(_Strict):
+    events: list[EventIn] = Field(..., min_length=1, max_length=1000)
+
+
+class EventsResponse(BaseModel):
+    received: int
+    stored: int = Field(..., description="Committed to the event log (a retried event_id is stored once).")

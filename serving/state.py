@@ -6,11 +6,13 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from features import io
 from models.base import ModelBase
+from serving.experiments import ExperimentConfig, load_experiments
 from serving.ranking import Ranker
 from storerec.errors import UserError
 from storerec.settings import Settings
@@ -26,14 +28,17 @@ class Loaded:
     version: str
 
 
-def load(settings: Settings, ref: str | None = None) -> Loaded:
-    """Resolve ``ref`` (default ``serving.model``) in the registry and build a :class:`Ranker`.
+def load(settings: Settings, ref: str | None = None, cache: dict[str, Loaded] | None = None) -> Loaded:
+    """Resolve ``ref`` (default ``serving.model``) in the registry and build a :class:`Ranker`
+    (or take it from ``cache``, keyed by version number, when that version is loaded already).
 
     Raises :class:`UserError` with a clear message when nothing is registered or files are missing.
     """
     ref = ref or settings.serving.model
     client = tracking.configure(settings.mlflow)
     version = tracking.resolve_version(client, settings.mlflow.registered_model, ref)
+    if cache is not None and str(version.version) in cache:
+        return cache[str(version.version)]
     folder = tracking.download_version(client, version, Path(tempfile.mkdtemp(prefix="storerec-serve-")))
     try:
         model = ModelBase.load(folder / tracking.ARTIFACT_MODEL)
@@ -47,4 +52,68 @@ def load(settings: Settings, ref: str | None = None) -> Loaded:
     if profiles is None:
         log.warning("no user profiles at %s: reasons that need a profile are off", profiles_path)
     ranker = Ranker(model, items, profiles, events, context_weight=settings.serving.context_weight)  # type: ignore[arg-type]
-    return Loaded(ranker, model.name, str(version.version))
+    loaded = Loaded(ranker, model.name, str(version.version))
+    if cache is not None:
+        cache[loaded.version] = loaded
+    return loaded
+
+
+@dataclass(frozen=True)
+class ServingState:
+    """Everything one request needs, swapped as a whole by a reload."""
+
+    default: Loaded
+    by_ref: dict[str, Loaded]  # model reference in the experiments file -> loaded version
+    experiments: list[ExperimentConfig]
+    disabled: dict[str, str]  # experiment name -> why it is off (a variant failed to load)
+
+    def experiment_status(self, now: Any = None) -> list[dict[str, Any]]:
+        from datetime import datetime, timezone
+
+        now = now or datetime.now(timezone.utc)
+        out = []
+        for exp in self.experiments:
+            status = "disabled" if exp.name in self.disabled else ("running" if exp.running(now) else "not running")
+            out.append(
+                {
+                    "name": exp.name,
+                    "status": status,
+                    "error": self.disabled.get(exp.name),
+                    "salt": exp.salt,
+                    "start": exp.start.isoformat() if exp.start else None,
+                    "stop": exp.stop.isoformat() if exp.stop else None,
+                    "targeting": exp.targeting.model_dump(),
+                    "control": exp.control.name,
+                    "variants": [
+                        {
+                            **v.model_dump(),
+                            "model_name": self.by_ref[v.model].model_name if v.model in self.by_ref else None,
+                            "model_version": self.by_ref[v.model].version if v.model in self.by_ref else None,
+                        }
+                        for v in exp.variants
+                    ],
+                }
+            )
+        return out
+
+
+def load_state(settings: Settings, ref: str | None = None) -> ServingState:
+    """The default model plus every experiment variant's model, side by side. A variant that
+    fails to load disables its experiment (logged, and shown by /readyz and /experiments); a
+    default model that fails, or an invalid experiments file, is an error."""
+    cache: dict[str, Loaded] = {}
+    default = load(settings, ref, cache)
+    experiments = load_experiments(settings.experiments.file)
+    by_ref = {ref or settings.serving.model: default}
+    disabled: dict[str, str] = {}
+    for exp in experiments:
+        for v in exp.variants:
+            if v.model in by_ref:
+                continue
+            try:
+                by_ref[v.model] = load(settings, v.model, cache)
+            except UserError as exc:
+                disabled[exp.name] = f"variant {v.name!r} (model {v.model!r}) failed to load: {exc}"
+                log.error("experiment %s disabled: %s", exp.name, disabled[exp.name])
+                break
+    return ServingState(default, by_ref, experiments, disabled)

@@ -81,7 +81,8 @@ def _write_config(root: Path, data_dir: Path, extra: str = "") -> Path:
     cfg.write_text(
         f'[data]\ndir = "{data_dir.resolve()}"\n'
         f'[mlflow]\ntracking_uri = "sqlite:///{(root / "mlflow.db").resolve()}"\n'
-        f'artifact_root = "{(root / "artifacts").resolve()}"\n{extra}'
+        f'artifact_root = "{(root / "artifacts").resolve()}"\n'
+        f'[eventlog]\nurl = "sqlite:///{(root / "events.db").resolve()}"\n{extra}'
     )
     return cfg
 

@@ -486,6 +486,85 @@ def serve(state: _State, host: str | None, port: int | None, model_ref: str | No
     os.execvpe(cmd[0], cmd, env)
 
 
+@cli.command("simulate-traffic", context_settings=CONTEXT_SETTINGS)
+@click.option("--url", default=None, help="Service base URL (default http://<serving.host>:<serving.port>).")
+@click.option("--shoppers", type=click.IntRange(1), default=1000, show_default=True, help="Distinct simulated shoppers.")
+@click.option("--lists", "lists_per_shopper", type=click.IntRange(1), default=1, show_default=True, help="Lists each shopper asks for.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Which shoppers, and their clicks and purchases.")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True, help="Shoppers at a time.")
+@click.option("--anonymous-share", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Share of shoppers without a user_id (session id only).")
+@data_dir_option
+@click.pass_obj
+def simulate_traffic_cmd(
+    state: _State, url: str | None, shoppers: int, lists_per_shopper: int, seed: int, concurrency: int, anonymous_share: float, data_dir: Path | None
+) -> None:
+    """Play shoppers of the built-in store against the running service: each asks /recommend
+    for a list, then clicks, carts and buys according to the tastes the simulator planted
+    (ground truth), sending the events through POST /events."""
+    from storerec.progress import Progress
+    from storerec.traffic import simulate_traffic
+
+    base = url or f"http://{state.settings.serving.host}:{state.settings.serving.port}"
+    summary = simulate_traffic(
+        base, state.data_dir(data_dir), shoppers=shoppers, lists_per_shopper=lists_per_shopper, seed=seed,
+        concurrency=concurrency, anonymous_share=anonymous_share, progress=Progress("traffic", quiet=state.quiet),
+    )
+    click.echo(summary.render())
+    if summary.errors:
+        raise UserError(f"{len(summary.errors)} requests failed; first: {summary.errors[0]}")
+
+
+@cli.command("ab-report", context_settings=CONTEXT_SETTINGS)
+@click.option("--experiment", "name", required=True, help="Experiment name (from the experiments file).")
+@click.option("--experiments-file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Default: experiments.file.")
+@click.option("--eventlog-url", default=None, help="Event log database (default: eventlog.url).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report folder (default: reports/ab-<name>-<time>).")
+@click.option("--resalt", type=click.IntRange(0, 10_000), default=0, show_default=True, help="A/A check: re-split the users with this many other salts (A/A experiments only).")
+@click.pass_obj
+def ab_report_cmd(state: _State, name: str, experiments_file: Path | None, eventlog_url: str | None, out: Path | None, resalt: int) -> None:
+    """The A/B report of an experiment: per variant users, impressions, clicks, CTR, conversion,
+    revenue per user; lifts over the control with 95% CIs and p-values (per user); the
+    sample-ratio-mismatch check; a chart. Markdown + HTML, also logged to MLflow."""
+    from datetime import datetime, timezone
+
+    from evaluation.ab_report import ab_report
+
+    out = out or Path("reports") / f"ab-{name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
+    path, result = ab_report(state.settings, name, out, experiments_file=experiments_file, eventlog_url=eventlog_url, resalt=resalt)
+    click.echo(path.read_text())
+    click.echo(f"report: {path} (and report.html, report.json, ab.png)")
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--a", "ref_a", required=True, help="First registered version (alias or number), e.g. champion.")
+@click.option("--b", "ref_b", required=True, help="Second registered version, e.g. challenger.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report folder (default: reports/evaluation-<time>).")
+@data_dir_option
+@click.pass_obj
+def replay(state: _State, ref_a: str, ref_b: str, out: Path | None, data_dir: Path | None) -> None:
+    """Offline replay before a launch: refit both versions' models (their exact logged params) on
+    the events before the held-out window and compare them on it, raw and through the serving
+    pipeline, with the same metrics and report as `storerec evaluate`."""
+    from storerec.progress import Progress
+    from training.compare import replay_versions
+
+    path = replay_versions(state.settings, state.data_dir(data_dir), ref_a, ref_b, out, Progress("replay", quiet=state.quiet))
+    click.echo(f"report: {path}")
+
+
+@cli.command("export-events", context_settings=CONTEXT_SETTINGS)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output file (.parquet or .csv) in the events table format.")
+@click.option("--eventlog-url", default=None, help="Event log database (default: eventlog.url).")
+@click.pass_obj
+def export_events(state: _State, out: Path, eventlog_url: str | None) -> None:
+    """Export logged shopper events in the events table format (click -> view, cart -> cart,
+    purchase -> purchase with its revenue as price), ready for `storerec import --events`."""
+    from serving.export import export_events as run_export
+
+    n = run_export(eventlog_url or state.settings.eventlog.url, out)
+    click.echo(f"{n} events written to {out}; add them with `storerec import --events {out}` (together with your other events)")
+
+
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.pass_obj
 def config(state: _State) -> None:

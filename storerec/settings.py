@@ -175,6 +175,23 @@ class ServingSettings(_Section):
     blas_threads: int = Field(1, ge=1, description="BLAS threads per worker; one request's matrix work is small, so 1 avoids spinning threads.")
 
 
+class ExperimentSettings(_Section):
+    file: Path | None = Field(None, description="Experiments file (TOML, see serving/experiments.py); none = no experiments.")
+
+
+class EventLogSettings(_Section):
+    enabled: bool = Field(True, description="Log impressions and accept POST /events.")
+    url: str = Field("sqlite:///eventlog/events.db", description="SQLAlchemy URL of the event log (SQLite in WAL mode by default).")
+    flush_ms: int = Field(50, ge=1, le=10_000, description="The writer commits queued rows at least this often (group commit).")
+
+
+class FrequencyCapSettings(_Section):
+    enabled: bool = Field(False, description="Hold back items shown too often without interaction (off by default).")
+    max_impressions: int = Field(3, ge=1, description="Impressions of one item to one user within the window ...")
+    window_hours: float = Field(24.0, gt=0, description="... without a click, cart or purchase ...")
+    hold_hours: float = Field(72.0, gt=0, description="... hold the item back this long after the last of them.")
+
+
 class Settings(_Section):
     data: DataSettings = Field(default_factory=DataSettings)
     events: EventSettings = Field(default_factory=EventSettings)
@@ -183,6 +200,9 @@ class Settings(_Section):
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
+    eventlog: EventLogSettings = Field(default_factory=EventLogSettings)
+    frequency_cap: FrequencyCapSettings = Field(default_factory=FrequencyCapSettings)
 
 
 def _parse_env_value(raw: str) -> Any:

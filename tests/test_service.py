@@ -3,12 +3,9 @@ called over HTTP. Reasons are checked against the data: each one must be true.""
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -20,13 +17,9 @@ from storerec.cli import main
 from storerec.settings import load_settings
 from training import tracking
 
+from tests._serve import free_port, start, stop
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +35,8 @@ tracking_uri = "sqlite:///{root / 'mlflow.db'}"
 artifact_root = "{root / 'artifacts'}"
 [serving]
 admin_token = "s3cret"
+[eventlog]
+url = "sqlite:///{root / 'events.db'}"
 """
     )
     # No model yet: serve refuses with a clear message.
@@ -51,33 +46,10 @@ admin_token = "s3cret"
     assert main(["--config", str(cfg), "-q", "train", "--model", "als"]) == 0
     assert main(["--config", str(cfg), "-q", "train", "--model", "itemknn"]) == 0
     assert main(["--config", str(cfg), "-q", "promote", "--version", "1"]) == 0
-    port = free_port()
-    log = open(root / "serve.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "storerec.cli", "--config", str(cfg), "serve", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    client = httpx.Client(base_url=base, timeout=30)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if client.get("/readyz").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise AssertionError((root / "serve.log").read_text())
-        time.sleep(0.5)
-    else:
-        raise AssertionError("service did not become ready:\n" + (root / "serve.log").read_text())
+    proc, client = start(cfg, root / "serve.log")
     settings = load_settings(cfg, environ={})
     yield {"client": client, "cfg": cfg, "store": store, "settings": settings, "root": root}
-    os.killpg(proc.pid, 15)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
+    stop(proc)
 
 
 def post(svc, path: str, body) -> httpx.Response:

@@ -89,3 +89,45 @@ def _context(split: Split) -> dict[str, Any]:
         "test_pairs": split.test.height,
         "as_of": split.as_of.isoformat(),
     }
+
+
+def version_spec(settings: Settings, ref: str) -> tuple[str, str, dict[str, Any]]:
+    """(version number, model name, parameter overrides) of a registered version, from its
+    ``training.json``: model params as logged, interaction settings nested again."""
+    import tempfile
+
+    client = tracking.configure(settings.mlflow)
+    version = tracking.resolve_version(client, settings.mlflow.registered_model, ref)
+    folder = tracking.download_version(client, version, Path(tempfile.mkdtemp(prefix="storerec-replay-")))
+    info = json.loads((folder / "training.json").read_text())
+    overrides: dict[str, Any] = {}
+    for key, value in info["params"].items():
+        if key == "model" or key.startswith("split"):
+            continue
+        if key.startswith("interactions."):
+            parts = key.split(".")
+            if len(parts) == 3:  # interactions.weights.view -> interactions.weights = {view: ...}
+                overrides.setdefault(f"{parts[0]}.{parts[1]}", {})[parts[2]] = value
+                continue
+        overrides[key] = value
+    return str(version.version), info["model"], overrides
+
+
+def replay_versions(settings: Settings, data_dir: Path, ref_a: str, ref_b: str, out: Path | None, progress: Progress) -> Path:
+    """Refit two registered versions' models on the same split and compare them, raw and served."""
+    from training.pipeline import evaluate_served
+
+    tracking.configure(settings.mlflow)
+    with progress.step("load data and split"):
+        tables = Tables.load(data_dir)
+        split = make_split(tables, settings.training)
+    results: dict[str, dict[str, float]] = {}
+    for ref in (ref_a, ref_b):
+        number, name, overrides = version_spec(settings, ref)
+        label = f"{ref} (v{number} {name})"
+        with progress.step(f"{label}: refit on the train window and evaluate"):
+            res = train_and_evaluate(settings, tables, split, name, overrides)
+            results[label] = res.metrics
+            for variant, metrics in evaluate_served(res.model, split, res.prepared, settings).items():
+                results[f"{label} · {variant}"] = metrics
+    return publish(results, settings.training.k, out or default_report_dir(), {**_context(split), "replay": f"{ref_a} vs {ref_b}"})

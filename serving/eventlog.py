@@ -1,0 +1,296 @@
+"""The event log: impressions the service returned and what shoppers did with them.
+
+Storage is any SQLAlchemy URL; the default is SQLite in WAL mode (``synchronous=FULL``, so a
+committed row survives a crash of the process or the machine). Writes never happen on the
+request path: a writer thread drains a queue in batches (group commit) every ``flush_ms``.
+
+* Impressions are queued and the response goes out at once; they are committed within
+  ``flush_ms`` (and on shutdown). A hard kill can lose at most the last ``flush_ms`` of them.
+* Feedback events (``POST /events``) are acknowledged only **after** their batch is committed,
+  so an acknowledged event is never lost, and an ``event_id`` sent twice is stored once.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+
+log = logging.getLogger("storerec.eventlog")
+
+metadata = sa.MetaData()
+
+impressions = sa.Table(
+    "impressions",
+    metadata,
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("user_id", sa.String(200), index=True),
+    sa.Column("session_id", sa.String(200)),
+    sa.Column("experiment", sa.String(100), index=True),
+    sa.Column("variant", sa.String(100)),
+    sa.Column("model", sa.String(100)),
+    sa.Column("model_version", sa.String(50)),
+    sa.Column("page", sa.String(20)),
+)
+
+impression_items = sa.Table(
+    "impression_items",
+    metadata,
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("rank", sa.Integer, primary_key=True),
+    sa.Column("item_id", sa.String(200), nullable=False),
+)
+
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(100), unique=True),  # optional client id: retries are stored once
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("request_id", sa.String(64), index=True),
+    sa.Column("user_id", sa.String(200)),
+    sa.Column("session_id", sa.String(200)),
+    sa.Column("item_id", sa.String(200), nullable=False),
+    sa.Column("event_type", sa.String(20), nullable=False),
+    sa.Column("revenue", sa.Float, nullable=False, default=0.0),
+)
+
+FEEDBACK_TYPES = ("click", "cart", "purchase")
+
+
+def make_engine(url: str) -> sa.Engine:
+    """An engine for ``url``; SQLite gets WAL, ``synchronous=FULL`` and a busy timeout so
+    several workers can write to one file."""
+    if url.startswith("sqlite:///"):
+        from pathlib import Path
+
+        path = url.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, future=True)
+    if engine.dialect.name == "sqlite":
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+    metadata.create_all(engine)
+    return engine
+
+
+@dataclass
+class _Batch:
+    impressions: list[dict[str, Any]] = field(default_factory=list)
+    items: list[dict[str, Any]] = field(default_factory=list)
+    feedback: list[dict[str, Any]] = field(default_factory=list)
+    futures: list[Future] = field(default_factory=list)
+
+
+_STOP = object()
+
+
+class EventLog:
+    """Batched, off-request-path writer over one SQLAlchemy engine."""
+
+    def __init__(self, url: str, *, flush_ms: int = 50, batch_size: int = 1000) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.flush_s = flush_ms / 1000.0
+        self.batch_size = batch_size
+        self._q: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="storerec-eventlog", daemon=True)
+        self._closed = False
+        self._thread.start()
+
+    # ---- producers (request path: no I/O) -------------------------------------------------------
+
+    def log_impression(self, row: dict[str, Any], item_ids: list[str]) -> None:
+        """Queue one returned list (``row`` has the ``impressions`` columns)."""
+        self._q.put(("imp", row, item_ids))
+
+    def log_feedback(self, rows: list[dict[str, Any]]) -> Future:
+        """Queue feedback rows; the future resolves (to the number stored) once committed."""
+        fut: Future = Future()
+        self._q.put(("fb", rows, fut))
+        return fut
+
+    # ---- writer thread --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = self._q.get()
+            if first is _STOP:
+                break
+            batch = _Batch()
+            self._add(batch, first)
+            deadline = time.monotonic() + self.flush_s
+            n = 1
+            while n < self.batch_size:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    break
+                try:
+                    nxt = self._q.get(timeout=timeout)
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                self._add(batch, nxt)
+                n += 1
+            self._write(batch)
+        # drain whatever is left (close() waits for this)
+        rest = _Batch()
+        while True:
+            try:
+                nxt = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is not _STOP:
+                self._add(rest, nxt)
+        if rest.impressions or rest.feedback:
+            self._write(rest)
+
+    @staticmethod
+    def _add(batch: _Batch, entry: tuple) -> None:
+        if entry[0] == "imp":
+            _, row, item_ids = entry
+            batch.impressions.append(row)
+            batch.items.extend({"request_id": row["request_id"], "rank": r + 1, "item_id": i} for r, i in enumerate(item_ids))
+        else:
+            _, rows, fut = entry
+            batch.feedback.extend(rows)
+            batch.futures.append((fut, len(rows)))
+
+    def _write(self, batch: _Batch) -> None:
+        for attempt in range(5):
+            try:
+                with self.engine.begin() as conn:
+                    if batch.impressions:
+                        conn.execute(impressions.insert(), batch.impressions)
+                        conn.execute(impression_items.insert(), batch.items)
+                    if batch.feedback:
+                        self._insert_feedback(conn, batch.feedback)
+                break
+            except sa.exc.OperationalError as exc:  # e.g. database is locked: retry
+                log.warning("event log write failed (attempt %d): %s", attempt + 1, exc)
+                time.sleep(0.05 * 2**attempt)
+            except Exception as exc:
+                log.error("event log write failed, %d impressions and %d events not stored: %s",
+                          len(batch.impressions), len(batch.feedback), exc)
+                for fut, _ in batch.futures:
+                    fut.set_exception(exc)
+                return
+        else:
+            exc = RuntimeError("the event log database stayed unavailable")
+            log.error("%s: %d impressions and %d events not stored", exc, len(batch.impressions), len(batch.feedback))
+            for fut, _ in batch.futures:
+                fut.set_exception(exc)
+            return
+        for fut, n in batch.futures:
+            fut.set_result(n)
+
+    def _insert_feedback(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+        with_id = [r for r in rows if r.get("event_id")]
+        without = [r for r in rows if not r.get("event_id")]
+        if without:
+            conn.execute(feedback.insert(), without)
+        if with_id:
+            ids = [r["event_id"] for r in with_id]
+            seen = {row[0] for row in conn.execute(sa.select(feedback.c.event_id).where(feedback.c.event_id.in_(ids)))}
+            fresh, batch_ids = [], set()
+            for r in with_id:
+                if r["event_id"] not in seen and r["event_id"] not in batch_ids:
+                    fresh.append(r)
+                    batch_ids.add(r["event_id"])
+            if fresh:
+                conn.execute(feedback.insert(), fresh)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush everything queued and stop the writer."""
+        if self._closed:
+            return
+        self._closed = True
+        self._q.put(_STOP)
+        self._thread.join(timeout)
+        self.engine.dispose()
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def read_frames(url: str, experiment: str | None = None) -> dict[str, Any]:
+    """Impressions, their items and feedback as polars frames (optionally one experiment's)."""
+    import polars as pl
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            q = sa.select(impressions)
+            if experiment is not None:
+                q = q.where(impressions.c.experiment == experiment)
+            imp_rows = conn.execute(q).mappings().all()
+            imp = pl.DataFrame([dict(r) for r in imp_rows], schema=_schema(impressions)) if imp_rows else pl.DataFrame(schema=_schema(impressions))
+            items_q = sa.select(impression_items)
+            fb_q = sa.select(feedback)
+            if experiment is not None:
+                sub = sa.select(impressions.c.request_id).where(impressions.c.experiment == experiment)
+                items_q = items_q.where(impression_items.c.request_id.in_(sub))
+                fb_q = fb_q.where(feedback.c.request_id.in_(sub))
+            it_rows = conn.execute(items_q).mappings().all()
+            fb_rows = conn.execute(fb_q).mappings().all()
+    finally:
+        engine.dispose()
+    items = pl.DataFrame([dict(r) for r in it_rows], schema=_schema(impression_items)) if it_rows else pl.DataFrame(schema=_schema(impression_items))
+    fb = pl.DataFrame([dict(r) for r in fb_rows], schema=_schema(feedback)) if fb_rows else pl.DataFrame(schema=_schema(feedback))
+    return {"impressions": imp, "items": items, "feedback": fb}
+
+
+def _schema(table: sa.Table) -> dict[str, Any]:
+    import polars as pl
+
+    out: dict[str, Any] = {}
+    for col in table.columns:
+        if isinstance(col.type, sa.DateTime):
+            out[col.name] = pl.Datetime("us", "UTC")
+        elif isinstance(col.type, sa.Integer):
+            out[col.name] = pl.Int64
+        elif isinstance(col.type, sa.Float):
+            out[col.name] = pl.Float64
+        else:
+            out[col.name] = pl.String
+    return out
+
+
+def recent_activity(engine: sa.Engine, since: datetime) -> tuple[list[tuple[str, str, datetime]], list[tuple[str, str, datetime]]]:
+    """``(user, item, ts)`` of impressions and of interactions since ``since`` (to rebuild the
+    frequency cap after a restart)."""
+    with engine.connect() as conn:
+        shown = conn.execute(
+            sa.select(impressions.c.user_id, impression_items.c.item_id, impressions.c.ts)
+            .join(impression_items, impression_items.c.request_id == impressions.c.request_id)
+            .where(impressions.c.ts >= since, impressions.c.user_id.is_not(None))
+        ).all()
+        touched = conn.execute(
+            sa.select(feedback.c.user_id, feedback.c.item_id, feedback.c.ts).where(feedback.c.ts >= since, feedback.c.user_id.is_not(None))
+        ).all()
+    return [(u, i, _utc(t)) for u, i, t in shown], [(u, i, _utc(t)) for u, i, t in touched]
+
+
+def _utc(ts: datetime) -> datetime:
+    """SQLite gives naive datetimes back: they were stored as UTC."""
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=timezone.utc)
