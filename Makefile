@@ -14,9 +14,14 @@ ALIAS ?= champion
 USERS ?=
 K ?= 10
 OUT ?= recs.parquet
+EXPERIMENT ?=
+SHOPPERS ?= 2000
+A ?= champion
+B ?= challenger
 PYTEST_ARGS ?=
 
 .PHONY: help install lock run serve data features import-ml100k train tune evaluate promote models recommend-batch mlflow-ui \
+        simulate-traffic ab-report replay export-events \
         test test-fast bench bench-offline bench-ml100k bench-serve clean clean-data
 
 help:  ## list targets
@@ -68,6 +73,19 @@ models: install  ## list registered model versions with aliases and headline met
 recommend-batch: install  ## lists for a campaign: make recommend-batch [USERS=ids.csv] [ARGS='--segment dormant'] OUT=recs.parquet
 	$(STOREREC) recommend-batch --model champion $(if $(USERS),--users $(USERS)) --k $(K) --out $(OUT) $(ARGS)
 
+simulate-traffic: install  ## play built-in-store shoppers against the running service (SHOPPERS=2000)
+	$(STOREREC) simulate-traffic --shoppers $(SHOPPERS) $(ARGS)
+
+ab-report: install  ## A/B report of a running experiment: make ab-report EXPERIMENT=champion-vs-baseline
+	@test -n "$(EXPERIMENT)" || { echo "usage: make ab-report EXPERIMENT=<name from the experiments file>"; exit 2; }
+	$(STOREREC) ab-report --experiment $(EXPERIMENT) $(ARGS)
+
+replay: install  ## offline replay of two registered versions on a held-out window: make replay A=champion B=challenger
+	$(STOREREC) replay --a $(A) --b $(B) $(ARGS)
+
+export-events: install  ## logged shopper events in the events table format (OUT=logged-events.parquet)
+	$(STOREREC) export-events --out $(if $(filter recs.parquet,$(OUT)),logged-events.parquet,$(OUT)) $(ARGS)
+
 mlflow-ui: install  ## open the MLflow UI on the local store (http://127.0.0.1:5000)
 	$(STOREREC) mlflow-ui $(ARGS)
 
@@ -93,4 +111,4 @@ clean:  ## remove caches (keeps .venv and data)
 	rm -rf .pytest_cache build *.egg-info
 
 clean-data:  ## remove generated data, profiles and MLflow store
-	rm -rf data mlruns reports
+	rm -rf data mlruns reports eventlog

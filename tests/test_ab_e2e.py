@@ -209,6 +209,23 @@ def test_good_model_beats_weak_model(env) -> None:
     assert (env["root"] / "report-ab" / "report.html").exists() and (env["root"] / "report-ab" / "ab.png").exists()
 
 
+def test_cli_report_replay_and_export(env) -> None:
+    import polars as pl
+
+    cfg = ["--config", str(env["cfg"]), "-q"]
+    out = env["root"] / "cli-report"
+    assert main([*cfg, "ab-report", "--experiment", "ab", "--out", str(out)]) == 0
+    assert "SRM check passed" in (out / "report.md").read_text()
+    assert main([*cfg, "ab-report", "--experiment", "nope"]) == 2
+    rep = env["root"] / "replay"
+    assert main([*cfg, "replay", "--a", "champion", "--b", "weak", "--out", str(rep)]) == 0
+    text = (rep / "report.md").read_text()
+    assert "champion (v1 als)" in text and "weak (v2 popularity) · served, no diversity" in text
+    logged = env["root"] / "logged.parquet"
+    assert main([*cfg, "export-events", "--out", str(logged)]) == 0
+    assert pl.read_parquet(logged).height == read_frames(env["settings"].eventlog.url)["feedback"].height > 0
+
+
 def test_acknowledged_events_survive_a_hard_kill(env) -> None:
     rid = env["client"].post("/recommend", json={"user_id": "u00100", "k": 2}).json()["request_id"]
     events = [{"request_id": rid, "item_id": f"i{n:05d}", "event_type": "click", "event_id": f"kill-{n}"} for n in range(50)]
