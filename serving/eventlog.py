@@ -12,6 +12,7 @@ request path: a writer thread drains a queue in batches (group commit) every ``f
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -39,14 +40,7 @@ impressions = sa.Table(
     sa.Column("model", sa.String(100)),
     sa.Column("model_version", sa.String(50)),
     sa.Column("page", sa.String(20)),
-)
-
-impression_items = sa.Table(
-    "impression_items",
-    metadata,
-    sa.Column("request_id", sa.String(64), primary_key=True),
-    sa.Column("rank", sa.Integer, primary_key=True),
-    sa.Column("item_id", sa.String(200), nullable=False),
+    sa.Column("items", sa.Text, nullable=False),  # JSON list of item ids in rank order: one row per list keeps writes cheap
 )
 
 feedback = sa.Table(
@@ -93,23 +87,21 @@ def make_engine(url: str) -> sa.Engine:
 @dataclass
 class _Batch:
     impressions: list[dict[str, Any]] = field(default_factory=list)
-    items: list[dict[str, Any]] = field(default_factory=list)
     feedback: list[dict[str, Any]] = field(default_factory=list)
     futures: list[Future] = field(default_factory=list)
 
-
-_STOP = object()
 
 
 class EventLog:
     """Batched, off-request-path writer over one SQLAlchemy engine."""
 
-    def __init__(self, url: str, *, flush_ms: int = 50, batch_size: int = 1000) -> None:
+    def __init__(self, url: str, *, flush_ms: int = 50, batch_size: int = 5000) -> None:
         self.url = url
         self.engine = make_engine(url)
         self.flush_s = flush_ms / 1000.0
         self.batch_size = batch_size
         self._q: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="storerec-eventlog", daemon=True)
         self._closed = False
         self._thread.start()
@@ -129,47 +121,33 @@ class EventLog:
     # ---- writer thread --------------------------------------------------------------------------
 
     def _run(self) -> None:
-        stop = False
-        while not stop:
-            first = self._q.get()
-            if first is _STOP:
-                break
+        # Wake every flush interval and take everything queued: waking per queued row would make
+        # this thread fight the request thread for the GIL on every request.
+        while True:
+            stopping = self._stop.wait(self.flush_s)
             batch = _Batch()
-            self._add(batch, first)
-            deadline = time.monotonic() + self.flush_s
-            n = 1
-            while n < self.batch_size:
-                timeout = deadline - time.monotonic()
-                if timeout <= 0:
-                    break
+            n = 0
+            while True:
                 try:
-                    nxt = self._q.get(timeout=timeout)
+                    entry = self._q.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is _STOP:
-                    stop = True
-                    break
-                self._add(batch, nxt)
+                self._add(batch, entry)
                 n += 1
-            self._write(batch)
-        # drain whatever is left (close() waits for this)
-        rest = _Batch()
-        while True:
-            try:
-                nxt = self._q.get_nowait()
-            except queue.Empty:
-                break
-            if nxt is not _STOP:
-                self._add(rest, nxt)
-        if rest.impressions or rest.feedback:
-            self._write(rest)
+                if n >= self.batch_size:
+                    self._write(batch)
+                    batch, n = _Batch(), 0
+            if n:
+                self._write(batch)
+            if stopping:
+                return
 
     @staticmethod
     def _add(batch: _Batch, entry: tuple) -> None:
         if entry[0] == "imp":
             _, row, item_ids = entry
+            row["items"] = json.dumps(item_ids)
             batch.impressions.append(row)
-            batch.items.extend({"request_id": row["request_id"], "rank": r + 1, "item_id": i} for r, i in enumerate(item_ids))
         else:
             _, rows, fut = entry
             batch.feedback.extend(rows)
@@ -180,8 +158,7 @@ class EventLog:
             try:
                 with self.engine.begin() as conn:
                     if batch.impressions:
-                        conn.execute(impressions.insert(), batch.impressions)
-                        conn.execute(impression_items.insert(), batch.items)
+                        self._insert_impressions(conn, batch.impressions)
                     if batch.feedback:
                         self._insert_feedback(conn, batch.feedback)
                 break
@@ -202,6 +179,22 @@ class EventLog:
             return
         for fut, n in batch.futures:
             fut.set_result(n)
+
+    _IMP_COLS = ("request_id", "ts", "user_id", "session_id", "experiment", "variant", "model", "model_version", "page", "items")
+
+    def _insert_impressions(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+        """On SQLite a plain ``executemany`` of tuples (timestamps in SQLAlchemy's SQLite text
+        format): most of the work stays in C, so the writer holds the GIL (which the request
+        thread needs) as briefly as possible. Other databases go through SQLAlchemy Core."""
+        if conn.dialect.name != "sqlite":
+            conn.execute(impressions.insert(), rows)
+            return
+        sql = f"INSERT INTO impressions ({', '.join(self._IMP_COLS)}) VALUES ({', '.join('?' * len(self._IMP_COLS))})"
+        data = []
+        for r in rows:
+            ts = r["ts"].astimezone(timezone.utc).replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+            data.append((r["request_id"], ts, r["user_id"], r["session_id"], r["experiment"], r["variant"], r["model"], r["model_version"], r["page"], r["items"]))
+        conn.exec_driver_sql(sql, data)
 
     def _insert_feedback(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
         with_id = [r for r in rows if r.get("event_id")]
@@ -224,7 +217,7 @@ class EventLog:
         if self._closed:
             return
         self._closed = True
-        self._q.put(_STOP)
+        self._stop.set()
         self._thread.join(timeout)
         self.engine.dispose()
 
@@ -234,30 +227,33 @@ def now_utc() -> datetime:
 
 
 def read_frames(url: str, experiment: str | None = None) -> dict[str, Any]:
-    """Impressions, their items and feedback as polars frames (optionally one experiment's)."""
+    """Impressions, their items (one row per shown item, with its rank) and feedback as polars
+    frames, optionally one experiment's."""
     import polars as pl
 
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
             q = sa.select(impressions)
-            if experiment is not None:
-                q = q.where(impressions.c.experiment == experiment)
-            imp_rows = conn.execute(q).mappings().all()
-            imp = pl.DataFrame([dict(r) for r in imp_rows], schema=_schema(impressions)) if imp_rows else pl.DataFrame(schema=_schema(impressions))
-            items_q = sa.select(impression_items)
             fb_q = sa.select(feedback)
             if experiment is not None:
+                q = q.where(impressions.c.experiment == experiment)
                 sub = sa.select(impressions.c.request_id).where(impressions.c.experiment == experiment)
-                items_q = items_q.where(impression_items.c.request_id.in_(sub))
                 fb_q = fb_q.where(feedback.c.request_id.in_(sub))
-            it_rows = conn.execute(items_q).mappings().all()
-            fb_rows = conn.execute(fb_q).mappings().all()
+            imp_rows = [dict(r) for r in conn.execute(q).mappings().all()]
+            fb_rows = [dict(r) for r in conn.execute(fb_q).mappings().all()]
     finally:
         engine.dispose()
-    items = pl.DataFrame([dict(r) for r in it_rows], schema=_schema(impression_items)) if it_rows else pl.DataFrame(schema=_schema(impression_items))
-    fb = pl.DataFrame([dict(r) for r in fb_rows], schema=_schema(feedback)) if fb_rows else pl.DataFrame(schema=_schema(feedback))
-    return {"impressions": imp, "items": items, "feedback": fb}
+    imp = pl.DataFrame(imp_rows, schema=_schema(impressions)) if imp_rows else pl.DataFrame(schema=_schema(impressions))
+    items = (
+        imp.select("request_id", pl.col("items").str.json_decode(pl.List(pl.String)).alias("item_id"))
+        .with_columns(pl.int_ranges(1, pl.col("item_id").list.len() + 1).alias("rank"))
+        .explode("item_id", "rank")
+        .drop_nulls("item_id")
+        .select("request_id", pl.col("rank").cast(pl.Int64), "item_id")
+    )
+    fb = pl.DataFrame(fb_rows, schema=_schema(feedback)) if fb_rows else pl.DataFrame(schema=_schema(feedback))
+    return {"impressions": imp.drop("items"), "items": items, "feedback": fb}
 
 
 def _schema(table: sa.Table) -> dict[str, Any]:
@@ -280,11 +276,11 @@ def recent_activity(engine: sa.Engine, since: datetime) -> tuple[list[tuple[str,
     """``(user, item, ts)`` of impressions and of interactions since ``since`` (to rebuild the
     frequency cap after a restart)."""
     with engine.connect() as conn:
-        shown = conn.execute(
-            sa.select(impressions.c.user_id, impression_items.c.item_id, impressions.c.ts)
-            .join(impression_items, impression_items.c.request_id == impressions.c.request_id)
+        rows = conn.execute(
+            sa.select(impressions.c.user_id, impressions.c["items"], impressions.c.ts)
             .where(impressions.c.ts >= since, impressions.c.user_id.is_not(None))
         ).all()
+        shown = [(u, i, t) for u, items, t in rows for i in json.loads(items)]
         touched = conn.execute(
             sa.select(feedback.c.user_id, feedback.c.item_id, feedback.c.ts).where(feedback.c.ts >= since, feedback.c.user_id.is_not(None))
         ).all()

@@ -51,12 +51,15 @@ _UNTUNED = {  # BentoML's own defaults: span per request, access log, metrics, B
 }
 _QUIET = {"STOREREC__SERVING__ACCESS_LOG": "false", "STOREREC__SERVING__METRICS": "false"}
 
-# The tuning ladder, each step adding to the one before; the storerec defaults are step 2.
+# The tuning ladder, each step adding to the one before; the storerec defaults are step B. Every
+# step logs impressions to the event log (the default) except C0, which shows what logging costs.
 CONFIGS = [
     ServiceConfig("A: untuned (tracing on, BLAS threads = cores, access log, metrics)", _UNTUNED),
     ServiceConfig("B: A + tracing off, 1 BLAS thread (storerec defaults)", {"STOREREC__SERVING__TRACING": "false", "STOREREC__SERVING__BLAS_THREADS": "1",
                                                                          "STOREREC__SERVING__ACCESS_LOG": "true", "STOREREC__SERVING__METRICS": "true"}),
     ServiceConfig("C: B + access log and metrics off", {"STOREREC__SERVING__TRACING": "false", "STOREREC__SERVING__BLAS_THREADS": "1", **_QUIET}),
+    ServiceConfig("C0: C without the event log (no impressions logged)", {"STOREREC__SERVING__TRACING": "false", "STOREREC__SERVING__BLAS_THREADS": "1", **_QUIET,
+                                                                            "STOREREC__EVENTLOG__ENABLED": "false"}),
     ServiceConfig("D: C + 2 workers", {"STOREREC__SERVING__TRACING": "false", "STOREREC__SERVING__BLAS_THREADS": "1", **_QUIET,
                                        "STOREREC__SERVING__WORKERS": "2"}),
 ]
@@ -232,7 +235,7 @@ def serve_benchmark(
     log = (lambda m: None) if quiet else (lambda m: print(f"[bench-serve] {m}", file=sys.stderr, flush=True))
     sets = [("built-in store", prepare_store(out / "serve-store", log), CONFIGS)]
     if ml_dir is not None and (Path(ml_dir) / "u.data").exists():
-        sets.append(("ml-100k", prepare_ml100k(out / "serve-ml100k", Path(ml_dir), log), [CONFIGS[2], CONFIGS[3]]))
+        sets.append(("ml-100k", prepare_ml100k(out / "serve-ml100k", Path(ml_dir), log), [CONFIGS[2], CONFIGS[4]]))
     else:
         log(f"MovieLens-100K not found at {ml_dir}: the ml-100k rows are skipped")
     rows: list[dict[str, Any]] = []

@@ -466,6 +466,11 @@ def serve(state: _State, host: str | None, port: int | None, model_ref: str | No
     ref = model_ref or settings.serving.model
     client = tracking.configure(settings.mlflow)
     version = tracking.resolve_version(client, settings.mlflow.registered_model, ref)  # clear error if none
+    from serving.experiments import load_experiments
+
+    experiments = load_experiments(settings.experiments.file)  # a broken file stops us here, with the reason
+    if experiments:
+        click.echo(f"experiments from {settings.experiments.file}: {', '.join(e.name for e in experiments)}")
     env = dict(os.environ)
     env["STOREREC__SERVING__MODEL"] = ref
     env["STOREREC__DATA__DIR"] = str(state.data_dir(data_dir).resolve())

@@ -149,6 +149,15 @@ def test_status_shows_experiments_and_the_broken_one(env) -> None:
     assert {v["name"]: v["model_name"] for v in listed["ab"]["variants"]} == {"control": "popularity", "als": "als"}
 
 
+def test_serve_refuses_a_broken_experiments_file(env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(AA.replace("share = 0.5", "share = 0.4", 1))
+    monkeypatch.setenv("STOREREC__EXPERIMENTS__FILE", str(bad))
+    assert main(["--config", str(env["cfg"]), "serve", "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "add up to 1" in err
+
+
 def test_assignment_is_sticky_targeted_and_carried_in_the_response(env) -> None:
     import polars as pl
 
@@ -196,6 +205,7 @@ def test_frequency_cap_holds_back_items_shown_twice(env) -> None:
     assert r.status_code == 200
     fourth = env["client"].post("/recommend", json={"user_id": user, "k": 5}).json()
     assert clicked in {i["item_id"] for i in fourth["items"]}
+    env["held"] = (user, set(lists[0]) - {clicked})  # checked again after a restart
 
 
 def test_good_model_beats_weak_model(env) -> None:
@@ -236,6 +246,9 @@ def test_acknowledged_events_survive_a_hard_kill(env) -> None:
     fb = read_frames(env["settings"].eventlog.url)["feedback"]
     assert fb.filter(fb["event_id"].str.starts_with("kill-")).height == 50
     env["proc"], env["client"] = start(env["cfg"], env["root"] / "serve.log")
+    user, held = env["held"]  # the frequency cap is rebuilt from the event log
+    again = env["client"].post("/recommend", json={"user_id": user, "k": 5}).json()
+    assert not held & {i["item_id"] for i in again["items"]}
     r = env["client"].post("/events", json={"events": events[:5]})  # a retry after the restart is stored once
     assert r.status_code == 200
     fb = read_frames(env["settings"].eventlog.url)["feedback"]
