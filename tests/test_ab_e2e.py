@@ -276,3 +276,18 @@ def test_skewed_split_is_flagged_by_srm(env) -> None:
     assert res["srm"]["flagged"], res["srm"]
     _, honest = ab_report(env["settings"], "skew", env["root"] / "report-skew2", log_to_mlflow=False)
     assert not honest["srm"]["flagged"]
+
+
+def test_a_normal_stop_flushes_queued_impressions(env) -> None:
+    """With a flush interval far longer than the test, impressions reach the log only through
+    the shutdown hook that SIGTERM triggers."""
+    stop(env["proc"])
+    cfg = env["root"] / "slow-flush.toml"
+    cfg.write_text(env["cfg"].read_text().replace("flush_ms = 20", "flush_ms = 10000"))
+    proc, client = start(cfg, env["root"] / "serve-slow.log")
+    ids = [client.post("/recommend", json={"user_id": f"u{n:05d}", "k": 3}).json()["request_id"] for n in range(1, 6)]
+    before = set(read_frames(env["settings"].eventlog.url)["impressions"]["request_id"].to_list())
+    assert not set(ids) & before  # still queued
+    stop(proc)
+    after = set(read_frames(env["settings"].eventlog.url)["impressions"]["request_id"].to_list())
+    assert set(ids) <= after
