@@ -95,10 +95,9 @@ def ratio_of_sums(num_c: np.ndarray, den_c: np.ndarray, num_t: np.ndarray, den_t
     def mean_var(num: np.ndarray, den: np.ndarray) -> tuple[float, float]:
         n = len(num)
         r = num.sum() / den.sum()
-        mx, my = num.mean(), den.mean()
+        my = den.mean()
         cov = np.cov(num, den, ddof=1) if n > 1 else np.zeros((2, 2))
         var = (cov[0, 0] - 2 * r * cov[0, 1] + r * r * cov[1, 1]) / (n * my * my)
-        del mx
         return float(r), float(max(var, 0.0))
 
     r_c, v_c = mean_var(num_c, den_c)

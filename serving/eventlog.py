@@ -88,7 +88,7 @@ def make_engine(url: str) -> sa.Engine:
 class _Batch:
     impressions: list[dict[str, Any]] = field(default_factory=list)
     feedback: list[dict[str, Any]] = field(default_factory=list)
-    futures: list[Future] = field(default_factory=list)
+    futures: list[tuple[Future, int]] = field(default_factory=list)  # (future, rows it waits for)
 
 
 

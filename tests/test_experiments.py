@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.experiments import ExperimentConfig, assign, bucket, load_experiments
+from serving.experiments import assign, bucket, load_experiments
 from serving.freqcap import FrequencyCap
 from storerec.errors import UserError
 

@@ -3,7 +3,6 @@ called over HTTP. Reasons are checked against the data: each one must be true.""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
