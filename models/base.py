@@ -70,6 +70,21 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return idx, sc
 
 
+def top_k_row(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_k` of one row (the same order: score desc, then item index), without the
+    ``-inf`` entries; the one-user path for serving."""
+    n = len(scores)
+    k = min(k, n)
+    if k <= 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=scores.dtype)
+    part = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
+    part_scores = scores[part]
+    order = np.lexsort((part, -part_scores))
+    idx, sc = part[order], part_scores[order]
+    keep = sc > -np.inf
+    return idx[keep], sc[keep]
+
+
 class ModelBase(ABC):
     """Base class of every storerec model.
 
@@ -136,6 +151,33 @@ class ModelBase(ABC):
         if not self.recommends_for_cold:
             cold = cold[:0]
         return {"hot": hot, "warm": warm, "cold": cold}
+
+    def group_of(self, user_idx: int) -> str | None:
+        """``"hot"``, ``"warm"`` or ``"cold"`` for one internal user index (-1: unknown), as
+        :meth:`route` would place it; ``None`` when the model cannot score that user."""
+        assert self.seen is not None
+        if user_idx >= 0:
+            if self.seen.indptr[user_idx + 1] > self.seen.indptr[user_idx]:
+                return "hot"
+            if self.recommends_for_warm:
+                return "warm"
+        return "cold" if self.recommends_for_cold else None
+
+    def score_user(self, user_idx: int) -> np.ndarray | None:
+        """Raw float32 scores of one user (internal index, -1: unknown) over all items, or
+        ``None`` when the model cannot score them: the one-user path of :meth:`score` (the same
+        numbers) without its batch bookkeeping, for serving."""
+        self._check_fitted()
+        group = self.group_of(user_idx)
+        if group == "hot":
+            row = self._score_hot(np.array([user_idx]))
+        elif group == "warm":
+            row = self._score_warm(np.array([user_idx]))
+        elif group == "cold":
+            row = self._score_cold(1)
+        else:
+            return None
+        return np.asarray(row, dtype=np.float32).reshape(-1)
 
     def score(self, user_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Raw scores ``(len(users), n_items)`` and a boolean mask of users the model can score.

@@ -43,6 +43,10 @@ class IdMap:
     def __contains__(self, value: object) -> bool:
         return value in self._index
 
+    def index_of(self, value: str, missing: int = -1) -> int:
+        """Index of one id (``missing`` when unknown)."""
+        return self._index.get(value, missing)
+
     def to_internal(self, values: Sequence[str], missing: int = -1) -> np.ndarray:
         """Indices of ``values``; unknown ids map to ``missing``."""
         get = self._index.get

@@ -2,12 +2,16 @@
 
 Storage is any SQLAlchemy URL; the default is SQLite in WAL mode (``synchronous=FULL``, so a
 committed row survives a crash of the process or the machine). Writes never happen on the
-request path: a writer thread drains a queue in batches (group commit) every ``flush_ms``.
+request path: a writer thread drains a queue in batches (group commit).
 
 * Impressions are queued and the response goes out at once; they are committed within
   ``flush_ms`` (and on shutdown). A hard kill can lose at most the last ``flush_ms`` of them.
-* Feedback events (``POST /events``) are acknowledged only **after** their batch is committed,
-  so an acknowledged event is never lost, and an ``event_id`` sent twice is stored once.
+  One commit (an ``fsync`` on SQLite) costs about a millisecond of CPU here, so the interval
+  sets what logging costs per request: measured 37 us per impression at 50 ms batches (1,000
+  lists/s) and about a third of that at the default 200 ms.
+* Feedback events (``POST /events``) wake the writer at once and are acknowledged only
+  **after** their batch is committed, so an acknowledged event is never lost (and waits for no
+  timer), and an ``event_id`` sent twice is stored once.
 """
 
 from __future__ import annotations
@@ -81,7 +85,25 @@ def make_engine(url: str) -> sa.Engine:
             cur.close()
 
     metadata.create_all(engine)
+    check_schema(engine, url)
     return engine
+
+
+def check_schema(engine: sa.Engine, url: str) -> None:
+    """Refuse an event log whose tables predate this version (``create_all`` never alters an
+    existing table): every write would fail and the impressions would be lost."""
+    from storerec.errors import UserError
+
+    inspector = sa.inspect(engine)
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        missing = [c.name for c in table.columns if c.name not in have]
+        if missing:
+            raise UserError(
+                f"the event log at {url} has an older '{table.name}' table (no column {', '.join(missing)}): "
+                "this version cannot write to it. Move that database away (it stays readable as it is) "
+                "or set eventlog.url to a new one"
+            )
 
 
 @dataclass
@@ -95,13 +117,14 @@ class _Batch:
 class EventLog:
     """Batched, off-request-path writer over one SQLAlchemy engine."""
 
-    def __init__(self, url: str, *, flush_ms: int = 50, batch_size: int = 5000) -> None:
+    def __init__(self, url: str, *, flush_ms: int = 200, batch_size: int = 5000) -> None:
         self.url = url
         self.engine = make_engine(url)
         self.flush_s = flush_ms / 1000.0
         self.batch_size = batch_size
         self._q: queue.Queue = queue.Queue()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # feedback is waiting for a commit
         self._thread = threading.Thread(target=self._run, name="storerec-eventlog", daemon=True)
         self._closed = False
         self._thread.start()
@@ -116,15 +139,19 @@ class EventLog:
         """Queue feedback rows; the future resolves (to the number stored) once committed."""
         fut: Future = Future()
         self._q.put(("fb", rows, fut))
+        self._wake.set()
         return fut
 
     # ---- writer thread --------------------------------------------------------------------------
 
     def _run(self) -> None:
-        # Wake every flush interval and take everything queued: waking per queued row would make
-        # this thread fight the request thread for the GIL on every request.
+        # Wake every flush interval (or at once for feedback, or to stop) and take everything
+        # queued: waking per impression would make this thread fight the request thread for the
+        # GIL on every request, and each commit costs an fsync.
         while True:
-            stopping = self._stop.wait(self.flush_s)
+            self._wake.wait(self.flush_s)
+            self._wake.clear()
+            stopping = self._stop.is_set()
             batch = _Batch()
             n = 0
             while True:
@@ -180,6 +207,7 @@ class EventLog:
         for fut, n in batch.futures:
             fut.set_result(n)
 
+    _SQLITE_ROWS_PER_INSERT = 500  # 5,000 parameters per statement (SQLite allows 32,766)
     _IMP_COLS = ("request_id", "ts", "user_id", "session_id", "experiment", "variant", "model", "model_version", "page", "items")
 
     def _insert_impressions(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
@@ -189,12 +217,18 @@ class EventLog:
         if conn.dialect.name != "sqlite":
             conn.execute(impressions.insert(), rows)
             return
-        sql = f"INSERT INTO impressions ({', '.join(self._IMP_COLS)}) VALUES ({', '.join('?' * len(self._IMP_COLS))})"
-        data = []
+        data: list[Any] = []
         for r in rows:
-            ts = r["ts"].astimezone(timezone.utc).replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
-            data.append((r["request_id"], ts, r["user_id"], r["session_id"], r["experiment"], r["variant"], r["model"], r["model_version"], r["page"], r["items"]))
-        conn.exec_driver_sql(sql, data)
+            ts = r["ts"].astimezone(timezone.utc).replace(tzinfo=None).isoformat(" ", "microseconds")  # "%Y-%m-%d %H:%M:%S.%f"
+            data += (r["request_id"], ts, r["user_id"], r["session_id"], r["experiment"], r["variant"], r["model"], r["model_version"], r["page"], r["items"])
+        # Many rows per statement: each statement releases and retakes the GIL once, not per row.
+        width = len(self._IMP_COLS)
+        per = self._SQLITE_ROWS_PER_INSERT
+        one = f"({', '.join('?' * width)})"
+        for start in range(0, len(rows), per):
+            n = min(per, len(rows) - start)
+            sql = f"INSERT INTO impressions ({', '.join(self._IMP_COLS)}) VALUES {', '.join([one] * n)}"
+            conn.exec_driver_sql(sql, tuple(data[start * width : (start + n) * width]))
 
     def _insert_feedback(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
         with_id = [r for r in rows if r.get("event_id")]
@@ -218,6 +252,7 @@ class EventLog:
             return
         self._closed = True
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout)
         self.engine.dispose()
 

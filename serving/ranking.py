@@ -19,9 +19,11 @@ import polars as pl
 
 from features.schema import Columns as C
 from models.base import ModelBase
+from serving import kernels
 
 NEIGHBOURS = 50  # "X is similar to Y" means Y is among X's 50 most similar items for the model
 HISTORY_N = 20  # history items considered for "because you bought/viewed X"
+MASK_CACHE = 256  # catalogue filter masks kept per Ranker
 TYPE_RANK = {"purchase": 3, "cart": 2, "favorite": 1, "view": 0, "rating": 1}
 
 
@@ -106,15 +108,6 @@ class RankResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _minmax(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    out = np.zeros_like(x, dtype=np.float32)
-    ok = valid & np.isfinite(x)
-    if ok.any():
-        lo, hi = float(x[ok].min()), float(x[ok].max())
-        out[ok] = (x[ok] - lo) / (hi - lo) if hi > lo else 1.0
-    return out
-
-
 class Ranker:
     """Holds one model and the tables it needs; ``rank`` serves one request.
 
@@ -196,6 +189,14 @@ class Ranker:
         except NotImplementedError:
             self.unit = None
         self.neighbours = self._neighbours()
+        self._mask_cache: dict[tuple, np.ndarray] = {}
+        self._new_idx = np.flatnonzero(self.is_new)
+        self._group = np.where(self.cat_code >= 0, self.cat_code, len(self.categories))  # no category: its own group
+        self._n_groups = len(self.categories) + 1
+        self._no_unit = np.zeros((0, 0), dtype=np.float32)
+        kernels.warm_up()
+        trending = np.flatnonzero(self.trending_ok)
+        self._trending_order = trending[np.argsort(-self.trending_rank_score[trending], kind="stable")]
 
         self.profiles: dict[str, dict[str, Any]] = {}
         if profiles is not None and profiles.height:
@@ -205,6 +206,8 @@ class Ranker:
             ).iter_rows(named=True):
                 tops = row.get("top_categories") or []
                 row["top_categories"] = {t["category"]: float(t["share"]) for t in tops}
+                for key in ("price_band", "tier", "region", "segment"):
+                    row.setdefault(key, None)
                 self.profiles[row[C.User]] = row
         self.history: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.purchased: dict[str, np.ndarray] = {}
@@ -212,6 +215,7 @@ class Ranker:
         self.region_trending: dict[str, np.ndarray] = {}
         if events is not None and events.height:
             self._index_events(events)
+        self._prepare_reasons()
 
     # ---- preparation --------------------------------------------------------------------------
 
@@ -278,28 +282,43 @@ class Ranker:
         return np.logical_or.reduce([self._prefix_masks[c] for c in categories])
 
     def filter_mask(self, filters: Filters, user_id: str | None = None) -> np.ndarray:
-        valid = np.ones(self.n, dtype=bool)
-        if filters.in_stock_only:
-            valid &= self.in_stock.astype(bool)
-        if filters.include_categories:
-            valid &= self._category_mask(filters.include_categories)
-        if filters.exclude_categories:
-            valid &= ~self._category_mask(filters.exclude_categories)
-        if filters.min_price is not None:
-            valid &= self.price >= filters.min_price
-        if filters.max_price is not None:
-            valid &= self.price <= filters.max_price
+        """Items the request allows (a fresh array the caller may change)."""
+        valid = self._catalogue_mask(filters).copy()
         if filters.exclude_item_ids:
             ids = self.model.items.to_internal(list(filters.exclude_item_ids))  # type: ignore[union-attr]
             valid[ids[ids >= 0]] = False
         if filters.exclude_purchased and user_id is not None and user_id in self.purchased:
             valid[self.purchased[user_id]] = False
         if filters.exclude_seen and user_id is not None:
-            u = int(self.model.users.to_internal([user_id])[0])  # type: ignore[union-attr]
+            u = self.model.users.index_of(user_id)  # type: ignore[union-attr]
             if u >= 0:
                 seen = self.model.seen  # the interactions the model was fitted on
                 valid[seen.indices[seen.indptr[u] : seen.indptr[u + 1]]] = False
         return valid
+
+    def _catalogue_mask(self, filters: Filters) -> np.ndarray:
+        """The part of the filters that depends only on the catalogue (stock, categories, price),
+        cached for up to ``MASK_CACHE`` filter combinations: storefronts repeat a few."""
+        key = (filters.in_stock_only, filters.include_categories, filters.exclude_categories, filters.min_price, filters.max_price)
+        mask = self._mask_cache.get(key)
+        if mask is not None:
+            return mask
+        mask = np.ones(self.n, dtype=bool)
+        if filters.in_stock_only:
+            mask &= self.in_stock.astype(bool)
+        if filters.include_categories:
+            mask &= self._category_mask(filters.include_categories)
+        if filters.exclude_categories:
+            mask &= ~self._category_mask(filters.exclude_categories)
+        if filters.min_price is not None:
+            mask &= self.price >= filters.min_price
+        if filters.max_price is not None:
+            mask &= self.price <= filters.max_price
+        mask.flags.writeable = False
+        if len(self._mask_cache) >= MASK_CACHE:
+            self._mask_cache.clear()
+        self._mask_cache[key] = mask
+        return mask
 
     def trending(self, k: int, category: str | None = None, region: str | None = None) -> RankResult:
         scores = self.region_trending.get(region) if region else None
@@ -354,22 +373,23 @@ class Ranker:
         diversity: Diversity = Diversity(),
     ) -> RankResult:
         model = self.model
-        uidx = model.users.to_internal([user_id])  # type: ignore[union-attr]
-        groups = model.route(uidx)
-        kind = "hot" if len(groups["hot"]) else ("warm" if uidx[0] >= 0 else "cold")
-        served_by_model = bool(len(groups["hot"]) or len(groups["warm"]))
+        u = model.users.index_of(user_id)  # type: ignore[union-attr]
+        group = model.group_of(u)
+        kind = "hot" if group == "hot" else ("warm" if u >= 0 else "cold")
+        served_by_model = group in ("hot", "warm")
         valid = self.filter_mask(filters, user_id)
 
-        ctx_ids = list(dict.fromkeys([*context.item_ids, *context.recent_item_ids]))
-        ctx = model.items.to_internal(ctx_ids) if ctx_ids else np.empty(0, np.int64)  # type: ignore[union-attr]
-        ctx = ctx[ctx >= 0]
-        valid[ctx] = False  # do not recommend what is on the page / just viewed
+        ctx = np.empty(0, np.int64)
+        if context.item_ids or context.recent_item_ids:
+            ctx_ids = list(dict.fromkeys([*context.item_ids, *context.recent_item_ids]))
+            ctx = model.items.to_internal(ctx_ids)  # type: ignore[union-attr]
+            ctx = ctx[ctx >= 0]
+            valid[ctx] = False  # do not recommend what is on the page / just viewed
 
         rel = None
         source = "model"
-        if served_by_model:
-            scores, _ = model.score([user_id])
-            rel = _minmax(scores[0], valid)
+        if served_by_model:  # scores in [0, 1]; -inf marks what the filters leave out (0 where context blends in)
+            rel = kernels.minmax(model.score_user(u), valid, 0.0 if len(ctx) else -np.inf)
         if len(ctx):
             try:
                 sim = model._item_similarity(ctx).astype(np.float32)
@@ -385,117 +405,70 @@ class Ranker:
             profile = self.profiles.get(user_id) or {}
             region_scores = self.region_trending.get(profile.get("region") or "")
             base = self.trending_rank_score if region_scores is None else region_scores * (~self.is_new)
-            fallback = np.where(base > 0, base, 1e-3 * self.pop_30d)
-            rel = _minmax(fallback, valid)
+            fallback = np.where(base > 0, base, 1e-3 * self.pop_30d).astype(np.float32)
+            rel = kernels.minmax(fallback, valid, -np.inf)
             source = "trending"
-        rel = np.where(valid, rel, -np.inf).astype(np.float32)
+        elif len(ctx):
+            rel = np.where(valid, rel, -np.inf).astype(np.float32)
 
-        n_valid = int(valid.sum())
-        if n_valid == 0:
-            return RankResult([], kind, source)
         cap = diversity.max_per_category
         pool = self._candidates(rel, max(5 * k, 50), cap)
+        if not len(pool):
+            return RankResult([], kind, source)
         # New arrivals and trending items join the pool at the boundary score so they can compete.
-        boundary = float(rel[pool[min(k, len(pool)) - 1]]) if len(pool) else 0.0
-        profile = self.profiles.get(user_id) or {}
-        inject: list[int] = []
-        if source in ("model", "trending"):
-            new_valid = np.flatnonzero(valid & self.is_new)
-            if len(new_valid):
-                share = np.zeros(len(self.categories) + 1)  # last slot: items without a category
-                for cat, value in (profile.get("top_categories") or {}).items():
-                    if cat in self._cat_index:
-                        share[self._cat_index[cat]] = value
-                pref = share[self.cat_code[new_valid]] + 1e-3 * self.pop_7d[new_valid]
-                inject += new_valid[np.argsort(-pref, kind="stable")[:2]].tolist()
-        if source == "model":
-            tr = np.flatnonzero(valid & self.trending_ok)
-            if len(tr):
-                inject += tr[np.argsort(-self.trending_rank_score[tr], kind="stable")[:2]].tolist()
-        if inject:
-            rel = rel.copy()
-            for i in inject:
-                rel[i] = max(rel[i], boundary)
-            pool = np.unique(np.concatenate([pool, np.asarray(inject, dtype=np.int64)]))
-            pool = pool[np.argsort(-rel[pool], kind="stable")]
+        boundary = float(rel[pool[min(k, len(pool)) - 1]])
+        n_new = 2 if source in ("model", "trending") and len(self._new_idx) else 0
+        n_trending = 2 if source == "model" else 0
+        if n_new or n_trending:
+            share = np.zeros(self._n_groups)  # the user's purchase share of each category
+            profile = self.profiles.get(user_id)
+            for cat, value in (profile["top_categories"] if profile else {}).items():
+                if cat in self._cat_index:
+                    share[self._cat_index[cat]] = value
+            rel, pool = kernels.inject(
+                rel, pool, valid, self._new_idx, share, self._group, self.pop_7d, self._trending_order, n_new, n_trending, boundary
+            )
 
-        chosen = np.asarray(self._mmr(pool, rel[pool], k, diversity), dtype=np.int64)
+        chosen = self._mmr(pool, rel[pool], k, diversity)
+        chosen_l = chosen.tolist()
         hist_items, hist_types = self.history.get(user_id, (np.empty(0, np.int64), np.empty(0, np.int8)))
         ctx_src = self._first_neighbour_of(ctx, chosen)
         hist_src = self._first_neighbour_of(hist_items, chosen)
         hot = kind == "hot" and served_by_model
-        items = [
-            RankedItem(
-                self.item_ids[i],
-                r + 1,
-                float(rel[i]),
-                self.category[i],
-                self._reasons(
-                    user_id, int(i), hot=hot,
-                    ctx_item=int(ctx[ctx_src[r]]) if ctx_src[r] >= 0 else None,
-                    hist_item=int(hist_items[hist_src[r]]) if hist_src[r] >= 0 else None,
-                    hist_type=int(hist_types[hist_src[r]]) if hist_src[r] >= 0 else None,
-                ),
+        ctx_l, hist_l, types_l = ctx.tolist(), hist_items.tolist(), hist_types.tolist()
+        profile = self.profiles.get(user_id)
+        items = []
+        for r, (i, score) in enumerate(zip(chosen_l, rel[chosen].tolist())):
+            c, h = ctx_src[r], hist_src[r]
+            reasons = self._reasons(
+                profile, i, hot=hot,
+                ctx_item=ctx_l[c] if c >= 0 else None,
+                hist_item=hist_l[h] if h >= 0 else None,
+                hist_type=types_l[h] if h >= 0 else None,
             )
-            for r, i in enumerate(chosen)
-        ]
+            items.append(RankedItem(self.item_ids[i], r + 1, score, self.category[i], reasons))
         return RankResult(items, kind, source)
 
     def _candidates(self, rel: np.ndarray, want: int, cap: int | None) -> np.ndarray:
-        """The ``want`` best items by ``rel`` (finite only), best first. With a category cap,
-        only items among their category's ``cap`` best count: the others can never fill a
-        capped list. Works on the top of the ranking first and widens only when needed."""
-        finite = np.flatnonzero(np.isfinite(rel))
-        if len(finite) == 0:
-            return finite
-        top_n = min(len(finite), want if cap is None else 4 * want)
-        while True:
-            top = finite[np.argpartition(-rel[finite], top_n - 1)[:top_n]] if top_n < len(finite) else finite
-            top = top[np.argsort(-rel[top], kind="stable")]
-            if cap is None:
-                return top[:want]
-            by_cat = np.argsort(self.cat_code[top], kind="stable")  # keeps the rel order within a category
-            sorted_cats = self.cat_code[top][by_cat]
-            starts = np.flatnonzero(np.r_[True, sorted_cats[1:] != sorted_cats[:-1]])
-            pos = np.empty(len(top), dtype=np.int64)  # rank of each item within its category
-            pos[by_cat] = np.arange(len(top)) - np.repeat(starts, np.diff(np.r_[starts, len(top)]))
-            keep = top[pos < cap]
-            if len(keep) >= want or top_n == len(finite):
-                return keep[:want]
-            top_n = len(finite)
+        """The ``want`` best items by ``rel`` (finite only), best first, equal scores in item
+        order. With a category cap, only each category's ``cap`` best items count (equal scores
+        in item order): the others can never fill a capped list."""
+        if cap is not None:
+            return kernels.capped_top(rel, self._group, self._n_groups, cap, want)
+        top = np.argpartition(-rel, want - 1)[:want] if want < self.n else np.arange(self.n)
+        vals = rel[top]
+        order = np.lexsort((top, -vals))
+        return top[order[: min(want, int(np.isfinite(vals).sum()))]]
 
-    def _mmr(self, pool: np.ndarray, rel: np.ndarray, k: int, diversity: Diversity) -> list[int]:
-        lam = 1.0 - float(np.clip(diversity.strength, 0.0, 1.0))
-        cap = diversity.max_per_category
-        cats = self.cat_code[pool]
-        if lam == 1.0:
-            sim = np.zeros((len(pool), len(pool)))
-        elif self.unit is not None:
-            vec_sim = np.clip(self.unit[pool] @ self.unit[pool].T, 0, 1)
-            sim = 0.5 * (cats[:, None] == cats[None, :]) + 0.5 * vec_sim
-        else:
-            l1 = self.l1_code[pool]
-            sim = 1.0 * (cats[:, None] == cats[None, :]) + 0.3 * ((l1[:, None] == l1[None, :]) & (cats[:, None] != cats[None, :]))
-        penalty = 1.0 - lam
-        score = lam * rel.astype(np.float64)  # the MMR score of every pool item, updated in place
-        max_sim = np.zeros(len(pool), dtype=np.float64)
-        per_cat: dict[int, int] = {}
-        chosen: list[int] = []
-        for _ in range(min(k, len(pool))):
-            j = int(score.argmax())
-            if score[j] == -np.inf:
-                break
-            chosen.append(int(pool[j]))
-            c = int(cats[j])
-            per_cat[c] = per_cat.get(c, 0) + 1
-            if penalty > 0:
-                grown = np.maximum(max_sim, sim[j])
-                score -= penalty * (grown - max_sim)
-                max_sim = grown
-            score[j] = -np.inf
-            if cap is not None and per_cat[c] >= cap:
-                score[cats == c] = -np.inf
-        return chosen
+    def _mmr(self, pool: np.ndarray, rel: np.ndarray, k: int, diversity: Diversity) -> np.ndarray:
+        """Maximal marginal relevance over ``pool`` (best first): each pick maximises
+        ``lam * rel - (1 - lam) * max similarity to the picks so far``; a category that reached
+        its cap is closed. Similarity: half same category, half the cosine of the model's item
+        vectors (clipped to [0, 1]); for models without vectors, same category plus 0.3 for the
+        same top-level category. Returns the picks in order (:func:`serving.kernels.mmr`)."""
+        lam = 1.0 - min(max(float(diversity.strength), 0.0), 1.0)
+        unit = self.unit if self.unit is not None else self._no_unit
+        return kernels.mmr(pool, rel, self.cat_code[pool], self.l1_code[pool], unit, k, lam, diversity.max_per_category or 0)
 
     # ---- reasons ------------------------------------------------------------------------------
 
@@ -503,17 +476,16 @@ class Ranker:
     def _reason(code: str, text: str, **evidence: Any) -> dict[str, Any]:
         return {"code": code, "text": text, "evidence": evidence}
 
-    def _first_neighbour_of(self, sources: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    def _first_neighbour_of(self, sources: np.ndarray, chosen: np.ndarray) -> list[int]:
         """For each chosen item, the position of the first of ``sources`` that has it among its
         ``NEIGHBOURS`` most similar items, or -1."""
-        if len(sources) == 0 or len(chosen) == 0 or self.neighbours.shape[1] == 0:
-            return np.full(len(chosen), -1, dtype=np.int64)
-        hit = (self.neighbours[sources][:, :, None] == chosen[None, None, :]).any(axis=1)  # (sources, chosen)
-        return np.where(hit.any(axis=0), hit.argmax(axis=0), -1)
+        if not len(sources) or not len(chosen) or self.neighbours.shape[1] == 0:
+            return [-1] * len(chosen)
+        return kernels.first_neighbour_of(sources, chosen, self.neighbours).tolist()
 
     def _reasons(
         self,
-        user_id: str | None,
+        profile: dict[str, Any] | None,
         i: int,
         *,
         hot: bool,
@@ -521,41 +493,63 @@ class Ranker:
         hist_item: int | None = None,
         hist_type: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Reasons for item ``i``; ``ctx_item`` / ``hist_item`` are the context and history items
-        that have ``i`` among their neighbours (from :meth:`_first_neighbour_of`)."""
+        """Reasons for item ``i`` shown to the user with ``profile`` (None: no profile);
+        ``ctx_item`` / ``hist_item`` are the context and history items that have ``i`` among
+        their neighbours (from :meth:`_first_neighbour_of`)."""
         out = []
-        cat = self.category[i]
+        cat, top_in_category, new_arrival, trending, band, popular_now = self._item_facts[i]
         if ctx_item is not None:
-            c = ctx_item
-            out.append(self._reason(ReasonCode.SIMILAR_TO_CONTEXT, f"Similar to {self.titles[c] or self.item_ids[c]}, which you are looking at", item_id=self.item_ids[c]))
+            out.append({"code": ReasonCode.SIMILAR_TO_CONTEXT, "text": self._similar_text[ctx_item], "evidence": {"item_id": self.item_ids[ctx_item]}})
         if hist_item is not None:
-            h = hist_item
-            bought = hist_type == TYPE_RANK["purchase"]
-            code = ReasonCode.BECAUSE_BOUGHT if bought else ReasonCode.BECAUSE_VIEWED
-            verb = "bought" if bought else "viewed"
-            out.append(self._reason(code, f"Because you {verb} {self.titles[h] or self.item_ids[h]}", item_id=self.item_ids[h]))
-        profile = self.profiles.get(user_id) if user_id else None
+            if hist_type == TYPE_RANK["purchase"]:
+                out.append({"code": ReasonCode.BECAUSE_BOUGHT, "text": self._bought_text[hist_item], "evidence": {"item_id": self.item_ids[hist_item]}})
+            else:
+                out.append({"code": ReasonCode.BECAUSE_VIEWED, "text": self._viewed_text[hist_item], "evidence": {"item_id": self.item_ids[hist_item]}})
         if profile:
-            share = (profile.get("top_categories") or {}).get(cat)
-            if share is not None and self.top_in_category[i]:
-                out.append(self._reason(ReasonCode.POPULAR_IN_CATEGORY, f"Popular in {cat}, a category you often buy", category=cat, your_share=round(share, 3)))
-        if self.is_new[i]:
-            out.append(self._reason(ReasonCode.NEW_ARRIVAL, f"New arrival in {cat}", category=cat))
-        if self.trending_ok[i]:
-            out.append(self._reason(ReasonCode.TRENDING, "Trending this week", trending_score=round(float(self.trending_score[i]), 2), users_7d=int(self.pop_7d[i])))
+            share = profile["top_categories"].get(cat)
+            if share is not None and top_in_category:
+                out.append({"code": ReasonCode.POPULAR_IN_CATEGORY, "text": self._popular_in_text[cat], "evidence": {"category": cat, "your_share": round(share, 3)}})
+        if new_arrival is not None:
+            out.append(new_arrival)
+        if trending is not None:
+            out.append(trending)
         if profile:
-            band = profile.get("price_band")
-            if band and band == self.price_band[i]:
-                out.append(self._reason(ReasonCode.PRICE_FIT, "Fits your usual price range", price_band=band))
-            tier = profile.get("tier")
-            buyers = self.tier_buyers.get(tier) if tier else None
+            if band and profile["price_band"] == band:
+                out.append(self._price_fit[band])
+            tier = profile["tier"]
+            buyers = self._tier_buyers_l.get(tier) if tier else None
             if buyers is not None and buyers[i] >= 3:
-                out.append(self._reason(ReasonCode.TIER_ALSO_BOUGHT, f"Customers in your {tier} tier also bought this", tier=tier, buyers=int(buyers[i])))
+                out.append({"code": ReasonCode.TIER_ALSO_BOUGHT, "text": self._tier_text[tier], "evidence": {"tier": tier, "buyers": buyers[i]}})
         if not out and hot:
-            out.append(self._reason(ReasonCode.PICKED_FOR_YOU, "Picked for you from your shopping history", model=self.model.name))
-        if not out and self.pop_7d[i] >= 3:
-            out.append(self._reason(ReasonCode.POPULAR_NOW, "Popular with shoppers this week", users_7d=int(self.pop_7d[i])))
+            out.append(self._picked_for_you)
+        if not out and popular_now is not None:
+            out.append(popular_now)
         if not out:
-            out.append(self._reason(ReasonCode.RECOMMENDED, f"Recommended by the {self.model.name} model", model=self.model.name))
+            out.append(self._recommended)
         return out
+
+    def _prepare_reasons(self) -> None:
+        """Per-item facts and the reasons that do not depend on the user, built once (shared,
+        read-only dicts)."""
+        facts = []
+        for i in range(self.n):
+            cat = self.category[i]
+            new = self._reason(ReasonCode.NEW_ARRIVAL, f"New arrival in {cat}", category=cat) if self.is_new[i] else None
+            trending = (
+                self._reason(ReasonCode.TRENDING, "Trending this week", trending_score=round(float(self.trending_score[i]), 2), users_7d=int(self.pop_7d[i]))
+                if self.trending_ok[i] else None
+            )
+            popular = self._reason(ReasonCode.POPULAR_NOW, "Popular with shoppers this week", users_7d=int(self.pop_7d[i])) if self.pop_7d[i] >= 3 else None
+            facts.append((cat, bool(self.top_in_category[i]), new, trending, self.price_band[i], popular))
+        self._item_facts = facts
+        self._tier_buyers_l = {tier: counts.tolist() for tier, counts in self.tier_buyers.items()}
+        self._popular_in_text = {cat: f"Popular in {cat}, a category you often buy" for cat in set(self.category.tolist())}
+        self._tier_text = {tier: f"Customers in your {tier} tier also bought this" for tier in self.tier_buyers}
+        names = [self.titles[i] or self.item_ids[i] for i in range(self.n)]
+        self._similar_text = [f"Similar to {name}, which you are looking at" for name in names]
+        self._bought_text = [f"Because you bought {name}" for name in names]
+        self._viewed_text = [f"Because you viewed {name}" for name in names]
+        self._price_fit = {band: self._reason(ReasonCode.PRICE_FIT, "Fits your usual price range", price_band=band) for band in set(self.price_band.tolist()) if band}
+        self._picked_for_you = self._reason(ReasonCode.PICKED_FOR_YOU, "Picked for you from your shopping history", model=self.model.name)
+        self._recommended = self._reason(ReasonCode.RECOMMENDED, f"Recommended by the {self.model.name} model", model=self.model.name)
 

@@ -9,6 +9,7 @@ Endpoints: ``POST /recommend``, ``POST /similar_items``, ``POST /trending``,
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import threading
@@ -20,6 +21,8 @@ from typing import Any
 
 import bentoml
 from bentoml.exceptions import InvalidArgument, NotFound, ServiceUnavailable
+from pydantic_core import to_json
+from starlette.responses import Response
 
 from serving.eventlog import EventLog, now_utc, recent_activity
 from serving.experiments import assign
@@ -28,20 +31,18 @@ from serving.ranking import Context, Diversity, Filters, RankedItem, RankingInpu
 from serving.schemas import (
     EventsRequest,
     EventsResponse,
-    ItemOut,
     ListRequest,
     ListResponse,
     RecommendRequest,
     RecommendResponse,
     ReloadRequest,
     ReloadResponse,
-    ScoredItem,
     ScoreRequest,
     ScoreResponse,
     SimilarRequest,
     SimilarResponse,
 )
-from models.base import top_k
+from models.base import top_k_row
 from serving.state import Loaded, ServingState, load_state
 from storerec.errors import UserError
 from storerec.settings import load_settings
@@ -104,8 +105,30 @@ class StatusRoutes:
         await self.app(scope, receive, send)
 
 
-def _items(items: list[RankedItem]) -> list[ItemOut]:
-    return [ItemOut(item_id=i.item_id, rank=i.rank, score=round(i.score, 6), category=i.category, reasons=i.reasons) for i in items]  # type: ignore[arg-type]
+def _items(items: list[RankedItem]) -> list[dict[str, Any]]:
+    """Items in the :class:`ItemOut` shape."""
+    return [{"item_id": i.item_id, "rank": i.rank, "score": round(i.score, 6), "category": i.category, "reasons": i.reasons} for i in items]
+
+
+def _json(body: dict[str, Any]) -> Any:
+    """The response, serialised by pydantic-core straight from plain data.
+
+    Each endpoint's annotated response model is its contract (the OpenAPI page shows it, and the
+    end-to-end tests validate real responses against it); building the pydantic objects only to
+    serialise them cost more than the ranking pipeline's reasons step, so they are skipped.
+    """
+    return Response(to_json(body), media_type="application/json")
+
+
+def _freeze_heap(refreeze: bool = False) -> None:
+    """Move everything alive now (models, profiles, histories, libraries: ~400,000 objects) out
+    of the garbage collector's reach. A full collection over them takes ~250 ms here, a stall
+    every request in flight would wait for; they live as long as the process (or until the next
+    reload, which unfreezes, collects what the old model left and freezes again)."""
+    if refreeze:
+        gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 SETTINGS = load_settings()
@@ -130,7 +153,11 @@ class StoreRec:
             raise SystemExit(f"storerec cannot start: {exc}") from None
         log.info("serving %s version %s", self.state.default.model_name, self.state.default.version)
         ev = self.settings.eventlog
-        self.eventlog = EventLog(ev.url, flush_ms=ev.flush_ms) if ev.enabled else None
+        try:
+            self.eventlog = EventLog(ev.url, flush_ms=ev.flush_ms) if ev.enabled else None
+        except UserError as exc:
+            log.error("storerec cannot start: %s", exc)
+            raise SystemExit(f"storerec cannot start: {exc}") from None
         fc = self.settings.frequency_cap
         self.freqcap = FrequencyCap(fc.max_impressions, fc.window_hours, fc.hold_hours) if fc.enabled else None
         if self.freqcap is not None and self.eventlog is not None:
@@ -142,6 +169,7 @@ class StoreRec:
                 self.freqcap.record_interaction(user, item, ts)
         self._request_users: OrderedDict[str, str] = OrderedDict()  # recent request_id -> user_id
         _SERVICE = self
+        _freeze_heap()
 
     @bentoml.on_shutdown
     def _flush_event_log(self) -> None:
@@ -179,7 +207,7 @@ class StoreRec:
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
     async def recommend(self, **kw: Any) -> RecommendResponse:
         """Personalised list with reasons and diversity (home, product and cart pages)."""
-        req = RecommendRequest.model_validate(kw)
+        req = RecommendRequest.model_construct(**kw)  # validated by BentoML against input_spec
         state = self._current()
         now = now_utc()
         profile = state.default.ranker.profiles.get(req.user_id) if req.user_id else None
@@ -217,22 +245,22 @@ class StoreRec:
         request_id = uuid.uuid4().hex
         self._log_list(request_id, now, loaded, result.items, page=req.context.page, user_id=req.user_id,
                        session_id=req.session_id, experiment=a.experiment, variant=a.variant)
-        return RecommendResponse(
-            request_id=request_id,
-            model=loaded.model_name,
-            model_version=loaded.version,
-            experiment=a.experiment,
-            variant=a.variant,
-            user_kind=result.user_kind,  # type: ignore[arg-type]
-            source=result.source,
-            items=_items(result.items),
-        )
+        return _json({
+            "request_id": request_id,
+            "model": loaded.model_name,
+            "model_version": loaded.version,
+            "experiment": a.experiment,
+            "variant": a.variant,
+            "user_kind": result.user_kind,
+            "source": result.source,
+            "items": _items(result.items),
+        })
 
     @bentoml.api(route="/events", input_spec=EventsRequest)
     async def events(self, **kw: Any) -> EventsResponse:
         """Record clicks, add-to-carts and purchases (with revenue) against the request_id of the
         list they came from. Answers only once the events are committed to the event log."""
-        req = EventsRequest.model_validate(kw)
+        req = EventsRequest.model_construct(**kw)  # validated by BentoML against input_spec
         if self.eventlog is None:
             raise InvalidArgument("event logging is off on this service (eventlog.enabled = false)")
         now = now_utc()
@@ -260,24 +288,22 @@ class StoreRec:
     async def score(self, **kw: Any) -> ScoreResponse:
         """Bare model scores: the user's top k over all items, with no filters, context, diversity
         or reasons. A diagnostic, and the baseline of the serving benchmark (``make bench-serve``)."""
-        req = ScoreRequest.model_validate(kw)
+        req = ScoreRequest.model_construct(**kw)  # validated by BentoML against input_spec
         state = self._current().default
         model = state.ranker.model
-        scores, ok = model.score([req.user_id])
-        if not ok[0]:
+        scores = model.score_user(model.users.index_of(req.user_id))  # type: ignore[union-attr]
+        if scores is None:
             raise NotFound(f"the {model.name} model cannot score user_id {req.user_id!r} (unknown user); use /recommend for cold start")
-        idx, sc = top_k(scores, req.k)
-        keep = idx[0] >= 0
-        ids = model.items.to_external(idx[0][keep])  # type: ignore[union-attr]
-        return ScoreResponse(
-            request_id=uuid.uuid4().hex, model=state.model_name, model_version=state.version,
-            items=[ScoredItem(item_id=i, score=float(s)) for i, s in zip(ids.tolist(), sc[0][keep].tolist())],
-        )
+        idx, sc = top_k_row(scores, req.k)
+        return _json({
+            "request_id": uuid.uuid4().hex, "model": state.model_name, "model_version": state.version,
+            "items": [{"item_id": i, "score": s} for i, s in zip(model.items.to_external(idx).tolist(), sc.tolist())],  # type: ignore[union-attr]
+        })
 
     @bentoml.api(route="/similar_items", input_spec=SimilarRequest)
     async def similar_items(self, **kw: Any) -> SimilarResponse:
         """Item page: similar items (the model's item-item similarity) and items bought together."""
-        req = SimilarRequest.model_validate(kw)
+        req = SimilarRequest.model_construct(**kw)  # validated by BentoML against input_spec
         state = self._current().default
         try:
             similar, together = state.ranker.similar(req.item_id, req.k)
@@ -285,15 +311,15 @@ class StoreRec:
             raise NotFound(str(exc)) from None
         request_id = uuid.uuid4().hex
         self._log_list(request_id, now_utc(), state, similar + together, page="product")
-        return SimilarResponse(
-            request_id=request_id, model=state.model_name, model_version=state.version,
-            similar=_items(similar), bought_together=_items(together),
-        )
+        return _json({
+            "request_id": request_id, "model": state.model_name, "model_version": state.version,
+            "similar": _items(similar), "bought_together": _items(together),
+        })
 
     @bentoml.api(route="/trending", input_spec=ListRequest)
     async def trending(self, **kw: Any) -> ListResponse:
         """Items growing fastest this week (established items), optionally per category or region."""
-        req = ListRequest.model_validate(kw)
+        req = ListRequest.model_construct(**kw)  # validated by BentoML against input_spec
         state = self._current().default
         try:
             result = state.ranker.trending(req.k, req.category, req.region)
@@ -301,12 +327,12 @@ class StoreRec:
             raise InvalidArgument(str(exc)) from None
         request_id = uuid.uuid4().hex
         self._log_list(request_id, now_utc(), state, result.items, page="trending")
-        return ListResponse(request_id=request_id, items=_items(result.items))
+        return _json({"request_id": request_id, "items": _items(result.items)})
 
     @bentoml.api(route="/new_arrivals", input_spec=ListRequest)
     async def new_arrivals(self, **kw: Any) -> ListResponse:
         """Popular new arrivals, optionally per category."""
-        req = ListRequest.model_validate(kw)
+        req = ListRequest.model_construct(**kw)  # validated by BentoML against input_spec
         state = self._current().default
         try:
             result = state.ranker.new_arrivals(req.k, req.category)
@@ -314,7 +340,7 @@ class StoreRec:
             raise InvalidArgument(str(exc)) from None
         request_id = uuid.uuid4().hex
         self._log_list(request_id, now_utc(), state, result.items, page="new_arrivals")
-        return ListResponse(request_id=request_id, items=_items(result.items))
+        return _json({"request_id": request_id, "items": _items(result.items)})
 
     @bentoml.api(route="/admin/reload")
     def reload(self, ctx: bentoml.Context, model: str | None = None) -> ReloadResponse:
@@ -335,6 +361,7 @@ class StoreRec:
                 log.error("reload failed, still serving version %s: %s", previous.version, exc)
                 raise InvalidArgument(f"reload failed, still serving version {previous.version}: {exc}") from None
             self.state = new
+            _freeze_heap(refreeze=True)
         log.info("reloaded: version %s -> %s", previous.version, new.default.version)
         return ReloadResponse(model=new.default.model_name, model_version=new.default.version, previous_version=previous.version)
 

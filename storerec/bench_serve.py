@@ -207,17 +207,36 @@ def _measure(port: int, reqs: list[bytes], c: int, warmup: float, duration: floa
     return out
 
 
-def _median_of(port: int, reqs: list[bytes], c: int, warmup: float, duration: float, repeats: int) -> dict[str, Any]:
-    """``repeats`` runs on fresh connections (with several workers, the kernel spreads new
-    connections unevenly, so one run can land all of them on one worker); medians per figure."""
-    runs = [_measure(port, reqs, c, warmup, duration) for _ in range(repeats)]
-    out: dict[str, Any] = {"concurrency": c, "repeats": repeats}
+def _summarise(runs: list[dict[str, Any]], c: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"concurrency": c, "repeats": len(runs)}
     for key in ("rps", "p50_ms", "p95_ms", "p99_ms", "mean_ms", "client_cpu_pct"):
         out[key] = statistics.median(r[key] for r in runs)
     out["errors"] = sum(r["errors"] for r in runs)
     out["requests"] = sum(r["requests"] for r in runs)
     out["runs"] = runs
     return out
+
+
+def measure_level(port: int, reqs: dict[str, list[bytes]], c: int, endpoints: list[str], warmup: float, duration: float, repeats: int) -> list[dict[str, Any]]:
+    """``repeats`` rounds at concurrency ``c``; each round runs every endpoint once, back to
+    back, on fresh connections. Interleaving matters on a shared machine whose speed drifts over
+    minutes: each ``full`` run is compared with the ``bare`` run of its own round (the
+    ``full_bare`` ratio is the median of those paired ratios), and each figure is a median over
+    rounds. Fresh connections also matter with several workers: the kernel can land all of one
+    run's connections on one worker."""
+    runs: dict[str, list[dict[str, Any]]] = {ep: [] for ep in endpoints}
+    for _ in range(repeats):
+        for ep in endpoints:
+            runs[ep].append(_measure(port, reqs[ep], c, warmup, duration))
+    rows = []
+    for ep in endpoints:
+        row = {"endpoint": ep, **_summarise(runs[ep], c)}
+        if ep != "bare" and "bare" in runs:
+            pairs = [f["rps"] / b["rps"] for f, b in zip(runs[ep], runs["bare"]) if b["rps"] > 0]
+            row["full_bare"] = statistics.median(pairs) if pairs else None
+            row["full_bare_runs"] = pairs
+        rows.append(row)
+    return rows
 
 
 def serve_benchmark(
@@ -242,16 +261,17 @@ def serve_benchmark(
     for dataset, cfg, configs in sets:
         for conf in configs:
             log(f"{dataset}: start service ({conf.name})")
+            for old in cfg.parent.glob("events.db*"):  # each configuration logs into a new event log
+                old.unlink()
             server = Server(cfg, conf.env, cfg.parent / "serve.log")
             try:
                 reqs = request_sets(cfg, "127.0.0.1", server.port)
-                for endpoint in ("full", "full+context", "bare"):
-                    for c in concurrency:
-                        if endpoint == "full+context" and c != 8:
-                            continue
-                        r = _median_of(server.port, reqs[endpoint], c, warmup, duration, repeats)
-                        rows.append({"dataset": dataset, "config": conf.name, "endpoint": endpoint, **r})
-                        log(f"{dataset} | {conf.name} | {endpoint} c={c}: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, errors {r['errors']}")
+                for c in concurrency:
+                    endpoints = ["full", "full+context", "bare"] if c == 8 else ["full", "bare"]
+                    for r in measure_level(server.port, reqs, c, endpoints, warmup, duration, repeats):
+                        rows.append({"dataset": dataset, "config": conf.name, **r})
+                        ratio = f", {100 * r['full_bare']:.0f}% of bare" if r.get("full_bare") else ""
+                        log(f"{dataset} | {conf.name} | {r['endpoint']} c={c}: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, errors {r['errors']}{ratio}")
             finally:
                 server.stop()
     info = machine()
@@ -263,19 +283,17 @@ def serve_benchmark(
 
 def to_markdown(rows: list[dict[str, Any]], info: dict[str, Any], duration: float, warmup: float, repeats: int) -> str:
     lines = [
-        f"Serving, ALS champion, k=10, closed loop; each row the median of {repeats} runs of {warmup:g} s warm-up + "
-        f"{duration:g} s on fresh connections; client on the same machine. "
+        f"Serving, ALS champion, k=10, closed loop; {repeats} rounds per concurrency, each running every endpoint once "
+        f"({warmup:g} s warm-up + {duration:g} s, fresh connections); figures are medians over rounds, and full/bare is the "
+        f"median of each round's paired ratio; client on the same machine. "
         f"{info['cpu']}, {info['cores']} cores, Python {info['python']}, {info['date']}.",
         "",
-        "| data | service | endpoint | conc. | req/s | p50 ms | p95 ms | p99 ms | errors | client CPU % | full/bare req/s |",
+        "| data | service | endpoint | conc. | req/s | p50 ms | p95 ms | p99 ms | errors | client CPU % | full/bare req/s (paired) |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    bare = {(r["dataset"], r["config"], r["concurrency"]): r["rps"] for r in rows if r["endpoint"] == "bare"}
-    for r in rows:
-        ratio = ""
-        if r["endpoint"].startswith("full"):
-            b = bare.get((r["dataset"], r["config"], r["concurrency"]))
-            ratio = f"{100 * r['rps'] / b:.0f}%" if b else ""
+    services = list(dict.fromkeys((r["dataset"], r["config"]) for r in rows))  # in the order they ran
+    for r in sorted(rows, key=lambda r: (services.index((r["dataset"], r["config"])), ["full", "full+context", "bare"].index(r["endpoint"]), r["concurrency"])):
+        ratio = f"{100 * r['full_bare']:.0f}%" if r.get("full_bare") else ""
         lines.append(
             f"| {r['dataset']} | {r['config']} | {r['endpoint']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | "
             f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {r['client_cpu_pct']:.0f} | {ratio} |"

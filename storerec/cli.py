@@ -471,6 +471,10 @@ def serve(state: _State, host: str | None, port: int | None, model_ref: str | No
     experiments = load_experiments(settings.experiments.file)  # a broken file stops us here, with the reason
     if experiments:
         click.echo(f"experiments from {settings.experiments.file}: {', '.join(e.name for e in experiments)}")
+    if settings.eventlog.enabled:
+        from serving.eventlog import make_engine
+
+        make_engine(settings.eventlog.url).dispose()  # creates it, or stops us on an unusable one
     env = dict(os.environ)
     env["STOREREC__SERVING__MODEL"] = ref
     env["STOREREC__DATA__DIR"] = str(state.data_dir(data_dir).resolve())

@@ -182,7 +182,10 @@ class ExperimentSettings(_Section):
 class EventLogSettings(_Section):
     enabled: bool = Field(True, description="Log impressions and accept POST /events.")
     url: str = Field("sqlite:///eventlog/events.db", description="SQLAlchemy URL of the event log (SQLite in WAL mode by default).")
-    flush_ms: int = Field(50, ge=1, le=10_000, description="The writer commits queued rows at least this often (group commit).")
+    flush_ms: int = Field(
+        200, ge=1, le=10_000,
+        description="Impressions are committed at least this often (group commit; a hard kill can lose the last interval). POST /events commits at once.",
+    )
 
 
 class FrequencyCapSettings(_Section):

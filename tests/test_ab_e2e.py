@@ -158,6 +158,18 @@ def test_serve_refuses_a_broken_experiments_file(env, tmp_path: Path, monkeypatc
     assert str(bad) in err and "add up to 1" in err
 
 
+def test_serve_refuses_an_event_log_with_an_older_schema(env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import sqlite3
+
+    old = tmp_path / "old-events.db"
+    with sqlite3.connect(old) as conn:
+        conn.execute("CREATE TABLE impressions (request_id VARCHAR(64) PRIMARY KEY, ts DATETIME NOT NULL)")
+    monkeypatch.setenv("STOREREC__EVENTLOG__URL", f"sqlite:///{old}")
+    assert main(["--config", str(env["cfg"]), "serve", "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert str(old) in err and "older 'impressions' table" in err
+
+
 def test_assignment_is_sticky_targeted_and_carried_in_the_response(env) -> None:
     import polars as pl
 

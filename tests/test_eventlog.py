@@ -79,3 +79,42 @@ def test_export_to_events_table(tmp_path: Path) -> None:
     assert df["event_type"].to_list() == ["purchase", "view"]
     assert df["user_id"].to_list() == ["anonymous:s2", "u1"]
     assert df["price"].to_list()[0] == 12.5 and df["timestamp"].dtype == pl.Datetime("us", "UTC")
+
+
+def test_feedback_commits_at_once_while_impressions_wait_for_the_interval(tmp_path: Path) -> None:
+    """Impressions are group-committed per flush interval; feedback wakes the writer, so
+    ``POST /events`` never waits for the timer (here a 60 s interval)."""
+    import time
+
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    log = EventLog(url, flush_ms=60_000)
+    log.log_impression({"request_id": "imp-1", "ts": datetime.now(timezone.utc), "user_id": "u1", "session_id": None,
+                        "experiment": None, "variant": None, "model": "als", "model_version": "1", "page": "home"}, ["i1"])
+    time.sleep(0.3)
+    assert read_frames(url)["impressions"].height == 0  # still waiting for the interval
+    t0 = time.perf_counter()
+    assert log.log_feedback(_rows("f", 3)).result(timeout=30) == 3
+    assert time.perf_counter() - t0 < 5.0
+    frames = read_frames(url)
+    assert frames["feedback"].height == 3 and frames["impressions"].height == 1  # the impression went with it
+    ts = frames["impressions"]["ts"][0]
+    assert abs((datetime.now(timezone.utc) - ts.replace(tzinfo=timezone.utc)).total_seconds()) < 60  # timestamps read back
+    log.close()
+
+
+def test_an_event_log_with_an_older_schema_is_refused(tmp_path: Path) -> None:
+    """create_all never alters an existing table: writing would fail on every batch and lose the
+    impressions, so an older table stops the event log at start-up with what to do."""
+    import sqlite3
+
+    import pytest
+
+    from storerec.errors import UserError
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # the impressions table as an earlier version made it
+        conn.execute("CREATE TABLE impressions (request_id VARCHAR(64) PRIMARY KEY, ts DATETIME NOT NULL, user_id VARCHAR(200))")
+    with pytest.raises(UserError, match=r"older 'impressions' table \(no column .*items.*\).*eventlog.url"):
+        EventLog(f"sqlite:///{path}")
+    with sqlite3.connect(path) as conn:  # left as it was
+        assert [r[1] for r in conn.execute("PRAGMA table_info(impressions)")] == ["request_id", "ts", "user_id"]

@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 import scipy.sparse as sp
 
-from models.base import ModelBase, NotFittedError
+from models.base import ModelBase, NotFittedError, top_k, top_k_row
 from models.dataset import Dataset, IdMap, item_features, user_features
 from models.registry import MODEL_CLASSES, get_model_class
 
@@ -95,6 +95,38 @@ def test_batch_equals_single(fitted: ModelBase) -> None:
     assert batch["item_id"].to_list() == singles["item_id"].to_list()
     # float32 BLAS sums in a different order for a batch than for one row: ~1e-5 relative noise
     np.testing.assert_allclose(batch["score"].to_numpy(), singles["score"].to_numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_one_user_serving_path_equals_score(fitted: ModelBase) -> None:
+    """``score_user`` (what the service calls) gives the very numbers of ``score`` for hot,
+    warm and unknown users, and ``None`` exactly where ``score`` says it cannot score."""
+    users = ["u3", "u42", WARM, "nobody"]
+    scores, ok = fitted.score(users)
+    for row, user in enumerate(users):
+        one = fitted.score_user(fitted.users.index_of(user))  # type: ignore[union-attr]
+        if not ok[row]:
+            assert one is None, user
+            continue
+        assert one is not None and one.dtype == np.float32 and one.shape == (N,)
+        np.testing.assert_array_equal(one, fitted.score([user])[0][0])  # one row each: the same BLAS sums
+    group = {u: fitted.group_of(fitted.users.index_of(u)) for u in users}  # type: ignore[union-attr]
+    route = fitted.route(fitted.users.to_internal(users))  # type: ignore[union-attr]
+    assert {u for u, g in group.items() if g is not None} == {users[i] for g in route.values() for i in g}
+    for g, positions in route.items():
+        assert all(group[users[i]] == g for i in positions)
+
+
+def test_top_k_row_equals_top_k() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, size=(20, 30)).astype(np.float32)  # many ties
+    scores[rng.random(scores.shape) < 0.3] = -np.inf
+    for k in (1, 5, 30, 40):
+        idx, sc = top_k(scores, k)
+        for r in range(len(scores)):
+            ri, rs = top_k_row(scores[r], k)
+            keep = idx[r] >= 0
+            np.testing.assert_array_equal(ri, idx[r][keep])
+            np.testing.assert_array_equal(rs, sc[r][keep])
 
 
 def test_save_load_identical(fitted: ModelBase, tmp_path: Path) -> None:

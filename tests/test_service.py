@@ -87,6 +87,37 @@ def test_recommend_returns_k_items_with_reasons(svc, data) -> None:
     assert all(i["reasons"] and all(x["text"] for x in i["reasons"]) for i in body["items"])
 
 
+def test_responses_match_their_documented_models(svc, data) -> None:
+    """The endpoints serialise plain data themselves (for speed); every body must still validate
+    against the response model the OpenAPI page documents, with no extra fields."""
+    from pydantic import BaseModel
+
+    from serving.schemas import ListResponse, RecommendResponse, ScoreResponse, SimilarResponse
+
+    def strict(model: type[BaseModel], body: dict) -> None:
+        model.model_validate(body)
+        assert set(body) == set(model.model_fields), (model.__name__, set(body) ^ set(model.model_fields))
+
+    user = hot_users(data)[0]
+    item = data["items"]["item_id"][0]
+    for body in (
+        {"user_id": user, "k": 10},
+        {"user_id": "nobody-at-all", "k": 5, "context": {"page": "product", "item_ids": [item]}},
+        {"session_id": "s-1", "k": 3},
+    ):
+        r = post(svc, "/recommend", body)
+        assert r.status_code == 200, r.text
+        strict(RecommendResponse, r.json())
+        for it in r.json()["items"]:
+            assert set(it) == {"item_id", "rank", "score", "category", "reasons"}
+            assert all(set(reason) == {"code", "text", "evidence"} for reason in it["reasons"])
+    strict(ScoreResponse, post(svc, "/score", {"user_id": user, "k": 5}).json())
+    strict(SimilarResponse, post(svc, "/similar_items", {"item_id": item, "k": 5}).json())
+    strict(ListResponse, post(svc, "/trending", {"k": 5}).json())
+    strict(ListResponse, post(svc, "/new_arrivals", {"k": 5}).json())
+    assert post(svc, "/recommend", {"user_id": user}).headers["content-type"] == "application/json"
+
+
 def test_every_reason_is_true(svc, data) -> None:
     ev, prof, items = data["events"], data["profiles"], data["items"]
     folder = tracking.download_version(tracking.configure(svc["settings"].mlflow), tracking.resolve_version(
