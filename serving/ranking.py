@@ -378,6 +378,7 @@ class Ranker:
         group = model.group_of(u)
         kind = "hot" if group == "hot" else ("warm" if u >= 0 else "cold")
         served_by_model = group in ("hot", "warm")
+        profile = self.profiles.get(user_id)
         valid = self.filter_mask(filters, user_id)
 
         ctx = np.empty(0, np.int64)
@@ -403,8 +404,7 @@ class Ranker:
             rel = ctx_score if rel is None else (1 - self.context_weight) * rel + self.context_weight * ctx_score
             source = "model+context" if served_by_model else "context"
         if rel is None:
-            profile = self.profiles.get(user_id) or {}
-            region_scores = self.region_trending.get(profile.get("region") or "")
+            region_scores = self.region_trending.get((profile or {}).get("region") or "")
             base = self.trending_rank_score if region_scores is None else region_scores * (~self.is_new)
             fallback = np.where(base > 0, base, 1e-3 * self.pop_30d).astype(np.float32)
             rel = kernels.minmax(fallback, valid, -np.inf)
@@ -422,7 +422,6 @@ class Ranker:
         n_trending = 2 if source == "model" else 0
         if n_new or n_trending:
             share = np.zeros(self._n_groups)  # the user's purchase share of each category
-            profile = self.profiles.get(user_id)
             for cat, value in (profile["top_categories"] if profile else {}).items():
                 if cat in self._cat_index:
                     share[self._cat_index[cat]] = value
@@ -437,7 +436,6 @@ class Ranker:
         hist_src = self._first_neighbour_of(hist_items, chosen)
         hot = kind == "hot" and served_by_model
         ctx_l, hist_l, types_l = ctx.tolist(), hist_items.tolist(), hist_types.tolist()
-        profile = self.profiles.get(user_id)
         items = []
         for r, (i, score) in enumerate(zip(chosen_l, rel[chosen].tolist())):
             c, h = ctx_src[r], hist_src[r]

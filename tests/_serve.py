@@ -13,6 +13,26 @@ from pathlib import Path
 import httpx
 
 
+def write_config(root: Path, store: Path, extra: str = "", eventlog: str = "") -> Path:
+    """``root/storerec.toml`` on the store at ``store`` with a private MLflow store and event log
+    under ``root``; ``eventlog`` adds lines to the ``[eventlog]`` section, ``extra`` more sections."""
+    cfg = root / "storerec.toml"
+    cfg.write_text(
+        f"""
+[data]
+dir = "{store}"
+[mlflow]
+tracking_uri = "sqlite:///{root / 'mlflow.db'}"
+artifact_root = "{root / 'artifacts'}"
+[eventlog]
+url = "sqlite:///{root / 'events.db'}"
+{eventlog}
+{extra}
+"""
+    )
+    return cfg
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -18,7 +18,7 @@ from serving.eventlog import read_frames
 from storerec.cli import main
 from storerec.settings import load_settings
 from storerec.traffic import simulate_traffic
-from tests._serve import start, stop
+from tests._serve import start, stop, write_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -98,28 +98,17 @@ def env(store: Path, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("ab")
     exps = root / "experiments.toml"
     exps.write_text(AB)
-    cfg = root / "storerec.toml"
-    cfg.write_text(
-        f"""
-[data]
-dir = "{store}"
-[mlflow]
-tracking_uri = "sqlite:///{root / 'mlflow.db'}"
-artifact_root = "{root / 'artifacts'}"
+    cfg = write_config(root, store, eventlog="flush_ms = 20", extra=f"""
 [serving]
 access_log = false
 [experiments]
 file = "{exps}"
-[eventlog]
-url = "sqlite:///{root / 'events.db'}"
-flush_ms = 20
 [frequency_cap]
 enabled = true
 max_impressions = 2
 window_hours = 24
 hold_hours = 24
-"""
-    )
+""")
     for args in (["train", "--model", "als"], ["train", "--model", "popularity"], ["promote", "--version", "1"],
                  ["promote", "--version", "2", "--alias", "weak"]):
         assert main(["--config", str(cfg), "-q", *args]) == 0

@@ -16,7 +16,7 @@ from storerec.cli import main
 from storerec.settings import load_settings
 from training import tracking
 
-from tests._serve import free_port, start, stop
+from tests._serve import free_port, start, stop, write_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -24,20 +24,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def svc(store: Path, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("svc")
-    cfg = root / "storerec.toml"
-    cfg.write_text(
-        f"""
-[data]
-dir = "{store}"
-[mlflow]
-tracking_uri = "sqlite:///{root / 'mlflow.db'}"
-artifact_root = "{root / 'artifacts'}"
-[serving]
-admin_token = "s3cret"
-[eventlog]
-url = "sqlite:///{root / 'events.db'}"
-"""
-    )
+    cfg = write_config(root, store, extra='[serving]\nadmin_token = "s3cret"')
     # No model yet: serve refuses with a clear message.
     r = subprocess.run([sys.executable, "-m", "storerec.cli", "--config", str(cfg), "serve", "--port", str(free_port())],
                        capture_output=True, text=True, timeout=120)
