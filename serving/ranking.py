@@ -29,7 +29,12 @@ TYPE_RANK = {"purchase": 3, "cart": 2, "favorite": 1, "view": 0, "rating": 1}
 
 
 class RankingInputError(ValueError):
-    """A request names something that does not exist (e.g. an unknown category): a 4xx."""
+    """A request names something that does not exist (e.g. an unknown category): a 4xx.
+    ``field`` is the request field at fault, when known."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class ReasonCode:
@@ -271,12 +276,12 @@ class Ranker:
 
     # ---- public lists -------------------------------------------------------------------------
 
-    def _category_mask(self, categories: Sequence[str]) -> np.ndarray:
+    def _category_mask(self, categories: Sequence[str], field: str | None = None) -> np.ndarray:
         """Items in any of ``categories`` (a full path, or a top level such as ``Home``)."""
         unknown = [c for c in categories if c not in self._prefix_masks]
         if unknown:
             raise RankingInputError(
-                f"unknown categor{'y' if len(unknown) == 1 else 'ies'} {unknown}; known: {self.categories}"
+                f"unknown categor{'y' if len(unknown) == 1 else 'ies'} {unknown}; known: {self.categories}", field
             )
         if len(categories) == 1:
             return self._prefix_masks[categories[0]].copy()
@@ -308,9 +313,9 @@ class Ranker:
         if filters.in_stock_only:
             mask &= self.in_stock.astype(bool)
         if filters.include_categories:
-            mask &= self._category_mask(filters.include_categories)
+            mask &= self._category_mask(filters.include_categories, "filters.include_categories")
         if filters.exclude_categories:
-            mask &= ~self._category_mask(filters.exclude_categories)
+            mask &= ~self._category_mask(filters.exclude_categories, "filters.exclude_categories")
         if filters.min_price is not None:
             mask &= self.price >= filters.min_price
         if filters.max_price is not None:
@@ -332,7 +337,7 @@ class Ranker:
     def _simple_list(self, scores: np.ndarray, k: int, category: str | None, source: str) -> RankResult:
         valid = self.in_stock.astype(bool) & (scores > 0)
         if category:
-            valid &= self._category_mask([category])
+            valid &= self._category_mask([category], "category")
         order = np.flatnonzero(valid)[np.argsort(-scores[valid], kind="stable")][:k]
         items = [
             RankedItem(self.item_ids[i], r + 1, float(scores[i]), self.category[i], self._reasons(None, i, hot=False))
@@ -344,7 +349,7 @@ class Ranker:
         """(similar items, bought together) for an item page."""
         idx = self.model.items.to_internal([item_id])  # type: ignore[union-attr]
         if idx[0] < 0:
-            raise RankingInputError(f"unknown item_id {item_id!r}")
+            raise RankingInputError(f"unknown item_id {item_id!r}", "item_id")
         i = int(idx[0])
         sims = self.model.similar_items([item_id], k)
         similar = []

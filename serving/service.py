@@ -16,15 +16,14 @@ import threading
 import uuid
 from collections import OrderedDict
 from datetime import datetime, timedelta, timezone
-from http import HTTPStatus
 from typing import Any
 
 import bentoml
-from bentoml.exceptions import InvalidArgument, NotFound, ServiceUnavailable
 from pydantic_core import to_json
 from starlette.responses import Response
 
-from serving.eventlog import EventLog, now_utc, recent_activity
+from serving.eventlog import EventLog, EventLogRejected, EventLogUnavailable, now_utc, recent_activity
+from serving.http import Gate, error_response
 from serving.experiments import assign
 from serving.freqcap import FrequencyCap
 from serving.ranking import Context, Diversity, Filters, RankedItem, RankingInputError
@@ -44,65 +43,50 @@ from serving.schemas import (
 )
 from models.base import top_k_row
 from serving.state import Loaded, ServingState, load_state
-from storerec.errors import UserError
+from serving.control import ControlStore, ModelSync, service_key
+from serving.watchdog import watch_parent
+from storerec.errors import NotFoundError, UserError
 from storerec.settings import load_settings
 
 log = logging.getLogger("storerec.serving")
 
 
-class Forbidden(bentoml.exceptions.BentoMLException):
-    error_code = HTTPStatus.FORBIDDEN
-
-
-class PayloadTooLarge:
-    """ASGI middleware: bodies larger than ``max_bytes`` get 413 before they are read."""
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            length = dict(scope.get("headers") or []).get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_bytes:
-                body = f'{{"error":"request body of {int(length)} bytes exceeds the limit of {self.max_bytes} bytes"}}'.encode()
-                await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
-                await send({"type": "http.response.body", "body": body})
-                return
-        await self.app(scope, receive, send)
-
-
 _SERVICE: "StoreRec | None" = None  # the instance in this worker, for the status routes below
 
 
-class StatusRoutes:
-    """ASGI middleware answering ``GET /readyz`` (200 with the model, version and experiment
-    status once a model is loaded, else 503) and ``GET /experiments``."""
+def _readyz() -> tuple[int, dict[str, Any]]:
+    """``GET /readyz``: 200 only while a model is loaded and the event log can write; else 503
+    with every reason."""
+    svc = _SERVICE
+    state = svc.state if svc is not None else None
+    if svc is None or state is None:
+        return 503, {"ready": False, "reasons": ["no model loaded yet"]}
+    reasons: list[str] = []
+    event_log: dict[str, Any] = {"enabled": svc.eventlog is not None}
+    if svc.eventlog is not None:
+        event_log.update(svc.eventlog.status())
+        if not event_log.get("ok", True):
+            reasons.append(f"event log cannot write: {event_log.get('reason')}")
+    body: dict[str, Any] = {
+        "ready": not reasons,
+        "reasons": reasons,
+        "model": state.default.model_name,
+        "model_version": state.default.version,
+        "experiments": {e["name"]: {"status": e["status"], "error": e["error"]} for e in state.experiment_status()},
+        "event_log": event_log,
+    }
+    control = getattr(svc, "control_status", None)
+    if control is not None:
+        body["control"] = control()
+    return (200 if not reasons else 503), body
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope.get("method") == "GET" and scope.get("path") in ("/readyz", "/experiments"):
-            svc = _SERVICE
-            state = svc.state if svc is not None else None
-            if state is None:
-                status, body = 503, {"ready": False, "reason": "no model loaded yet"}
-            elif scope["path"] == "/readyz":
-                status, body = 200, {
-                    "ready": True,
-                    "model": state.default.model_name,
-                    "model_version": state.default.version,
-                    "experiments": {e["name"]: {"status": e["status"], "error": e["error"]} for e in state.experiment_status()},
-                    "event_log": svc.eventlog is not None,  # type: ignore[union-attr]
-                }
-            else:
-                status, body = 200, {"experiments": state.experiment_status()}
-            data = json.dumps(body).encode()
-            await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
-            await send({"type": "http.response.body", "body": data})
-            return
-        await self.app(scope, receive, send)
+def _experiments() -> tuple[int, dict[str, Any]]:
+    svc = _SERVICE
+    state = svc.state if svc is not None else None
+    if state is None:
+        return 503, {"error": "no model loaded yet", "code": "not_ready"}
+    return 200, {"experiments": state.experiment_status()}
 
 
 def _items(items: list[RankedItem]) -> list[dict[str, Any]]:
@@ -145,16 +129,21 @@ class StoreRec:
     def __init__(self) -> None:
         global _SERVICE
         self.settings = SETTINGS
+        # BentoML's server logging passes WARNING and up from other loggers; ours go at this level
+        logging.getLogger("storerec").setLevel(self.settings.serving.log_level)
         self._lock = threading.Lock()
+        self._shutdown_lock = threading.Lock()
+        self._closed = False
+        watch_parent(self._shutdown)  # exit when the arbiter dies (serving/watchdog.py)
         try:
-            self.state: ServingState | None = load_state(self.settings)
+            self.state: ServingState | None = self._initial_state()
         except UserError as exc:
             log.error("storerec cannot start: %s", exc)
             raise SystemExit(f"storerec cannot start: {exc}") from None
         log.info("serving %s version %s", self.state.default.model_name, self.state.default.version)
         ev = self.settings.eventlog
         try:
-            self.eventlog = EventLog(ev.url, flush_ms=ev.flush_ms) if ev.enabled else None
+            self.eventlog = EventLog.from_settings(ev) if ev.enabled else None
         except UserError as exc:
             log.error("storerec cannot start: %s", exc)
             raise SystemExit(f"storerec cannot start: {exc}") from None
@@ -169,20 +158,86 @@ class StoreRec:
                 self.freqcap.record_interaction(user, item, ts)
         self._request_users: OrderedDict[str, str] = OrderedDict()  # recent request_id -> user_id
         _SERVICE = self
+        self.sync.start()
         _freeze_heap()
+
+    # ---- one version on every worker (serving/control.py) -----------------------------------
+
+    def _initial_state(self) -> ServingState:
+        """Load what the service follows now (the control row: a worker restarted after a
+        reload joins the others), else ``serving.model``; set up the sync with the workers."""
+        cfg = self.settings.serving
+        self.control = ControlStore(cfg.control_url, service_key(self.settings.mlflow.registered_model, cfg.host, cfg.port))
+        row = self.control.read()
+        follows, generation, error = (row.ref, row.generation, None) if row is not None else (cfg.model, 0, None)
+        try:
+            state = load_state(self.settings, follows)
+        except UserError as exc:
+            if follows == cfg.model:
+                raise
+            error = f"loading {follows!r} (generation {generation}) failed: {exc}"
+            log.error("%s; starting on %s, retrying in the background", error, cfg.model)
+            follows, generation = cfg.model, 0
+            state = load_state(self.settings, follows)
+        self._mlflow_client: Any = None
+        self.sync = ModelSync(
+            self.control, lock=self._lock, load=lambda ref: load_state(self.settings, ref), swap=self._swap,
+            versions=lambda st: {ref: loaded.version for ref, loaded in st.by_ref.items()}, resolve=self._resolve,
+            state=state, follows=follows, generation=generation, sync_s=cfg.sync_ms / 1000.0, alias_poll_s=cfg.alias_poll_s,
+            error=error,
+        )
+        return state
+
+    def _swap(self, state: ServingState) -> None:
+        """Swap the whole serving state (called under ``self._lock``); requests in flight keep
+        the one they read."""
+        self.state = state
+        _freeze_heap(refreeze=True)
+
+    def _resolve(self, ref: str) -> str:
+        """The version ``ref`` points at in the registry now (the sync thread's alias poll)."""
+        from mlflow import MlflowClient
+
+        from training import tracking
+
+        if self._mlflow_client is None:
+            self._mlflow_client = MlflowClient(tracking_uri=self.settings.mlflow.resolved_tracking_uri())
+        return str(tracking.resolve_version(self._mlflow_client, self.settings.mlflow.registered_model, ref).version)
+
+    def control_status(self) -> dict[str, Any]:
+        """This worker's view (for ``GET /readyz``; no I/O): ``generation`` applied,
+        ``model_version`` served, the reference it ``follows``, ``worker_id``/``pid``, the live
+        ``workers`` (id, pid, generation, version, heartbeat age, last error) and ``sync_error``
+        (a failing control store or load: the worker keeps serving what it has)."""
+        return self.sync.status()
+
+    def _shutdown(self) -> None:
+        """Stop syncing, leave the workers list, flush the event log; once (a second caller
+        waits for the first: the shutdown hook and the orphan watchdog may both call it)."""
+        with self._shutdown_lock:
+            if self._closed:
+                return
+            self._closed = True
+            sync = getattr(self, "sync", None)
+            if sync is not None:
+                sync.stop()
+            eventlog = getattr(self, "eventlog", None)
+            if eventlog is not None:
+                eventlog.close()
+            control = getattr(self, "control", None)
+            if control is not None:
+                control.close()
 
     @bentoml.on_shutdown
     def _flush_event_log(self) -> None:
-        if self.eventlog is not None:
-            self.eventlog.close()
+        self._shutdown()
 
     def __is_ready__(self) -> bool:
         return self.state is not None
 
     def _current(self) -> ServingState:
         state = self.state  # one read: a reload swaps the reference, in-flight requests keep theirs
-        if state is None:
-            raise ServiceUnavailable("no model loaded")
+        assert state is not None, "the service answers only once __init__ has loaded a model"
         return state
 
     def _log_list(
@@ -241,7 +296,7 @@ class StoreRec:
                 Diversity(strength, cap),
             )
         except RankingInputError as exc:
-            raise InvalidArgument(str(exc)) from None
+            return error_response(404, str(exc), field=exc.field)
         request_id = uuid.uuid4().hex
         self._log_list(request_id, now, loaded, result.items, page=req.context.page, user_id=req.user_id,
                        session_id=req.session_id, experiment=a.experiment, variant=a.variant)
@@ -262,27 +317,29 @@ class StoreRec:
         list they came from. Answers only once the events are committed to the event log."""
         req = EventsRequest.model_construct(**kw)  # validated by BentoML against input_spec
         if self.eventlog is None:
-            raise InvalidArgument("event logging is off on this service (eventlog.enabled = false)")
+            return error_response(404, "event logging is off on this service (eventlog.enabled = false)", code="event_log_off")
         now = now_utc()
         rows = []
-        for n, e in enumerate(req.events):
+        for e in req.events:  # types, revenue and timestamp bounds were checked by the gate (serving.http)
             ts = e.timestamp or now
             ts = ts if ts.tzinfo is not None else ts.replace(tzinfo=timezone.utc)
-            if ts > now + timedelta(minutes=5):
-                raise InvalidArgument(f"events[{n}].timestamp {ts.isoformat()} is in the future")
             user = e.user_id or self._request_users.get(e.request_id)
             rows.append({"event_id": e.event_id, "ts": ts, "request_id": e.request_id, "user_id": user,
                          "session_id": e.session_id, "item_id": e.item_id, "event_type": e.event_type, "revenue": e.revenue})
         try:
-            await asyncio.wrap_future(self.eventlog.log_feedback(rows))
-        except Exception as exc:
-            log.error("events not stored: %s", exc)
-            raise ServiceUnavailable("the event log could not store these events; retry with the same event_id") from None
+            stored = await self.eventlog.store_feedback(rows, self.settings.eventlog.ack_timeout_ms / 1000.0)
+        except EventLogRejected as exc:  # the database refuses these rows themselves: a retry cannot help
+            return error_response(422, f"the event log refused these events ({exc}); none of them was stored", code="rule_violated")
+        except EventLogUnavailable as exc:
+            return error_response(
+                503, f"the event log could not store these events ({exc}); none of them was stored: retry later",
+                code="event_log_unavailable",
+            )
         if self.freqcap is not None:
             for r in rows:
                 if r["user_id"]:
                     self.freqcap.record_interaction(r["user_id"], r["item_id"], r["ts"])
-        return EventsResponse(received=len(rows), stored=len(rows))
+        return _json({"received": len(rows), "stored": stored})
 
     @bentoml.api(route="/score", input_spec=ScoreRequest)
     async def score(self, **kw: Any) -> ScoreResponse:
@@ -293,7 +350,8 @@ class StoreRec:
         model = state.ranker.model
         scores = model.score_user(model.users.index_of(req.user_id))  # type: ignore[union-attr]
         if scores is None:
-            raise NotFound(f"the {model.name} model cannot score user_id {req.user_id!r} (unknown user); use /recommend for cold start")
+            return error_response(404, f"the {model.name} model cannot score this user_id (unknown user); use /recommend for cold start",
+                                  field="user_id")
         idx, sc = top_k_row(scores, req.k)
         return _json({
             "request_id": uuid.uuid4().hex, "model": state.model_name, "model_version": state.version,
@@ -308,7 +366,7 @@ class StoreRec:
         try:
             similar, together = state.ranker.similar(req.item_id, req.k)
         except RankingInputError as exc:
-            raise NotFound(str(exc)) from None
+            return error_response(404, str(exc), field="item_id")
         request_id = uuid.uuid4().hex
         self._log_list(request_id, now_utc(), state, similar + together, page="product")
         return _json({
@@ -324,7 +382,7 @@ class StoreRec:
         try:
             result = state.ranker.trending(req.k, req.category, req.region)
         except RankingInputError as exc:
-            raise InvalidArgument(str(exc)) from None
+            return error_response(404, str(exc), field=exc.field)
         request_id = uuid.uuid4().hex
         self._log_list(request_id, now_utc(), state, result.items, page="trending")
         return _json({"request_id": request_id, "items": _items(result.items)})
@@ -337,34 +395,51 @@ class StoreRec:
         try:
             result = state.ranker.new_arrivals(req.k, req.category)
         except RankingInputError as exc:
-            raise InvalidArgument(str(exc)) from None
+            return error_response(404, str(exc), field=exc.field)
         request_id = uuid.uuid4().hex
         self._log_list(request_id, now_utc(), state, result.items, page="new_arrivals")
         return _json({"request_id": request_id, "items": _items(result.items)})
 
     @bentoml.api(route="/admin/reload")
     def reload(self, ctx: bentoml.Context, model: str | None = None) -> ReloadResponse:
-        """Load the configured alias (or ``model``) again and swap it in atomically.
+        """Load the configured alias (or ``model``: an alias or a version number) and swap it in
+        atomically on every worker.
 
         Requests in flight finish on the old model; if the new one fails to load, the old one
-        keeps serving and the call answers 4xx with the reason.
+        keeps serving everywhere and the call answers 404 (no such version) or 409 (it cannot be
+        loaded) with the reason. Otherwise the answer (200) comes once every live worker serves
+        the new version, or after ``serving.reload_wait_s`` with ``complete: false`` and the
+        ``lagging`` workers named (they keep retrying). Without ``model`` the service follows the configured alias again, so a
+        later ``storerec promote`` reaches every worker within ``serving.alias_poll_s`` plus a load.
         """
-        ReloadRequest(model=model)
-        token = self.settings.serving.admin_token
-        if token and ctx.request.headers.get("x-admin-token") != token:
-            raise Forbidden("missing or wrong x-admin-token header")
-        with self._lock:
-            previous = self._current().default
-            try:
-                new = load_state(self.settings, model)
-            except UserError as exc:
-                log.error("reload failed, still serving version %s: %s", previous.version, exc)
-                raise InvalidArgument(f"reload failed, still serving version {previous.version}: {exc}") from None
-            self.state = new
-            _freeze_heap(refreeze=True)
-        log.info("reloaded: version %s -> %s", previous.version, new.default.version)
-        return ReloadResponse(model=new.default.model_name, model_version=new.default.version, previous_version=previous.version)
+        # The admin token, media type and body were checked by the gate (serving.http).
+        # Load here first (a failure changes nothing), publish the new generation, swap, then
+        # wait until every live worker serves it (serving/control.py).
+        ref = model or self.settings.serving.model
+        try:
+            new, previous, generation = self.sync.reload(ref)
+        except UserError as exc:
+            current = self._current().default.version
+            status = 404 if isinstance(exc, NotFoundError) else 409  # unknown version / exists but cannot be loaded
+            ctx.response.status_code = status  # BentoML applies the context's status to a returned response
+            return error_response(status, f"reload failed, still serving version {current}: {exc}", field="model")
+        if generation is None:  # control store unavailable: only this worker changed
+            complete, workers, lagging = False, [], []
+        else:
+            complete, workers, lagging = self.sync.wait_for(generation, self.settings.serving.reload_wait_s)
+        log.info("reloaded: version %s -> %s (%s, generation %s, %s)", previous, new.default.version, ref, generation,
+                 "every worker" if complete else f"not on {lagging or 'the other workers'}")
+        return ReloadResponse(
+            model=new.default.model_name, model_version=new.default.version, previous_version=previous or "", follows=ref,
+            generation=generation, complete=complete, workers=workers, lagging=lagging, sync_error=self.control.error,
+        )
 
 
-StoreRec.add_asgi_middleware(PayloadTooLarge, max_bytes=SETTINGS.serving.max_body_bytes)
-StoreRec.add_asgi_middleware(StatusRoutes)
+StoreRec.add_asgi_middleware(
+    Gate,
+    max_bytes=SETTINGS.serving.max_body_bytes,
+    admin_token=lambda: SETTINGS.serving.admin_token,
+    cors_origins=SETTINGS.serving.cors_origins,
+    status_routes={"/readyz": _readyz, "/experiments": _experiments},
+    validation_context={"max_event_age_days": SETTINGS.eventlog.max_event_age_days},
+)

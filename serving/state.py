@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +41,17 @@ def load(settings: Settings, ref: str | None = None, cache: dict[str, Loaded] | 
     version = tracking.resolve_version(client, settings.mlflow.registered_model, ref)
     if cache is not None and str(version.version) in cache:
         return cache[str(version.version)]
-    folder = tracking.download_version(client, version, Path(tempfile.mkdtemp(prefix="storerec-serve-")))
+    # Everything is read into memory (ModelBase.load copies the npz arrays, the parquet file is
+    # read from bytes, so nothing maps or holds a file in the folder), then the folder goes.
+    tmp = Path(tempfile.mkdtemp(prefix="storerec-serve-"))
     try:
+        folder = tracking.download_version(client, version, tmp)
         model = ModelBase.load(folder / tracking.ARTIFACT_MODEL)
-        items = pl.read_parquet(folder / "item_features.parquet")
-    except Exception as exc:  # a corrupt or partial version
+        items = pl.read_parquet(BytesIO((folder / "item_features.parquet").read_bytes()))
+    except Exception as exc:  # a corrupt, partial or unreachable version
         raise UserError(f"model version {version.version} ({ref}) could not be loaded: {exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     data_dir = settings.data.dir
     profiles_path = Path(data_dir) / "profiles" / "users.parquet"
     profiles = pl.read_parquet(profiles_path) if profiles_path.exists() else None

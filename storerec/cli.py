@@ -471,10 +471,11 @@ def serve(state: _State, host: str | None, port: int | None, model_ref: str | No
     experiments = load_experiments(settings.experiments.file)  # a broken file stops us here, with the reason
     if experiments:
         click.echo(f"experiments from {settings.experiments.file}: {', '.join(e.name for e in experiments)}")
-    if settings.eventlog.enabled:
-        from serving.eventlog import make_engine
+    from storerec.cli_eventlog import prepare_for_serving
 
-        make_engine(settings.eventlog.url).dispose()  # creates it, or stops us on an unusable one
+    note = prepare_for_serving(settings)  # upgrades the event log schema (eventlog.auto_upgrade), or refuses an outdated one
+    if note:
+        click.echo(note)
     env = dict(os.environ)
     env["STOREREC__SERVING__MODEL"] = ref
     env["STOREREC__DATA__DIR"] = str(state.data_dir(data_dir).resolve())
@@ -489,10 +490,91 @@ def serve(state: _State, host: str | None, port: int | None, model_ref: str | No
         env["STOREREC_CONFIG"] = str(Path(state.config).resolve())
     host = host or settings.serving.host
     port = port or settings.serving.port
+    from serving.control import ControlStore, absolute_url, service_key
+
+    # The workers share this store to serve one version (serving/control.py); a new start
+    # serves `ref`, whatever an earlier run was reloaded to.
+    control_url = absolute_url(settings.serving.control_url)
+    control = ControlStore(control_url, service_key(settings.mlflow.registered_model, host, port))
+    if control.reset(ref, str(version.version)) is None:
+        click.echo(f"warning: {control.error}; a reload will reach only the worker that takes it", err=True)
+    control.close()
+    env["STOREREC__SERVING__CONTROL_URL"] = control_url
+    env["STOREREC__SERVING__HOST"] = host
+    env["STOREREC__SERVING__PORT"] = str(port)
     click.echo(f"serving {settings.mlflow.registered_model} version {version.version} ({ref}) on http://{host}:{port} (docs: /docs)")
+    if not settings.serving.admin_token:
+        import secrets
+
+        token = "sr-" + secrets.token_urlsafe(24)  # this start only; every worker gets it
+        env["STOREREC__SERVING__ADMIN_TOKEN"] = token
+        click.echo(f"admin token for this start (header x-admin-token on POST /admin/reload; set serving.admin_token to fix one): {token}")
     exe = str(Path(sys.executable).with_name("bentoml"))
     cmd = [exe, "serve", "serving.service:StoreRec", "--host", host, "--port", str(port)]
+    sys.stdout.flush()
+    sys.stderr.flush()
     os.execvpe(cmd[0], cmd, env)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--url", default=None, help="Fuzz this running service (default: start one on the built-in store under --out).")
+@click.option("--examples", type=click.IntRange(1), default=200, show_default=True, help="Test cases per API operation.")
+@click.option("--token", default=None, help="Admin token of the service at --url (so /admin/reload is fuzzed too).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-out/fuzz"), show_default=True,
+              help="Work folder: store, model, service log and schemathesis reports.")
+@click.pass_obj
+def fuzz(state: _State, url: str | None, examples: int, token: str | None, seed: int, out: Path) -> None:
+    """Fuzz the HTTP API with schemathesis against its live OpenAPI document (/docs.json): no
+    server errors, every answer documented, invalid input refused, valid input accepted.
+    Exits 1 when schemathesis finds a failure."""
+    import uuid
+
+    from storerec.fuzz import run_schemathesis
+
+    log = (lambda m: None) if state.quiet else (lambda m: click.echo(f"[fuzz] {m}", err=True))
+    out.mkdir(parents=True, exist_ok=True)
+    server = None
+    if url is None:
+        from storerec.bench_serve import Server, prepare_store
+
+        cfg = prepare_store(out / "fuzz-store", log)
+        token = "fuzz-" + uuid.uuid4().hex
+        server = Server(cfg, {"STOREREC__SERVING__ADMIN_TOKEN": token, "STOREREC__SERVING__ACCESS_LOG": "false"}, out / "fuzz-serve.log")
+        url = f"http://127.0.0.1:{server.port}"
+    try:
+        summary = run_schemathesis(url, out, examples=examples, token=token, seed=seed, log=log)
+    finally:
+        if server is not None:
+            server.stop()
+    click.echo(summary["tail"])
+    click.echo(f"fuzz: {summary['cases']} test cases over {summary['operations']} operations; failures: {summary['failures'] or 'none'}; "
+               f"report in {out / 'report'}")
+    if summary["exit_code"] != 0:
+        raise SystemExit(1)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--duration", type=click.FloatRange(30), default=600, show_default=True, help="Seconds of load.")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=16, show_default=True, help="Shoppers at a time.")
+@click.option("--reload-every", type=click.FloatRange(5), default=30, show_default=True, help="Seconds between model reloads.")
+@click.option("--lock-seconds", type=click.FloatRange(0), default=40, show_default=True, help="Exclusive lock on the event log, mid-run.")
+@click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True)
+@click.option("--eventlog-url", default=None, help="Event log to use (default: a new SQLite file under --out; e.g. postgresql+psycopg://postgres@127.0.0.1/soak).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-out/soak"), show_default=True)
+@click.pass_obj
+def soak(state: _State, duration: float, concurrency: int, reload_every: float, lock_seconds: float, workers: int,
+         eventlog_url: str | None, out: Path) -> None:
+    """Soak the real service: steady load, a reload every 30 s, a 40 s event-log lock in the
+    middle; then check that no acknowledged event was lost, impressions resumed, /readyz told
+    the truth and worker memory stayed flat. Exits 1 when a check fails."""
+    from storerec.soak import soak as run_soak
+
+    text, passed = run_soak(out, duration=duration, concurrency=concurrency, reload_every=reload_every, lock_seconds=lock_seconds,
+                            workers=workers, eventlog_url=eventlog_url, quiet=state.quiet)
+    click.echo(text)
+    if not passed:
+        raise SystemExit(1)
 
 
 @cli.command("simulate-traffic", context_settings=CONTEXT_SETTINGS)
@@ -579,6 +661,11 @@ def export_events(state: _State, out: Path, eventlog_url: str | None) -> None:
 def config(state: _State) -> None:
     """Print the settings in force (defaults + config file + STOREREC__* variables) as JSON."""
     click.echo(state.settings.model_dump_json(indent=2))
+
+
+from storerec.cli_eventlog import eventlog_group  # noqa: E402  (storerec eventlog upgrade|status|prune)
+
+cli.add_command(eventlog_group)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """Bad input or a missing prerequisite; the message names the file/row/field and what to do."""
+
+
+class NotFoundError(UserError):
+    """What the input names does not exist (a registered version, an alias)."""

@@ -165,7 +165,19 @@ class ServingSettings(_Section):
     workers: int = Field(1, ge=1, description="BentoML worker processes.")
     context_weight: float = Field(0.5, ge=0, le=1, description="Weight of session context against the model's scores.")
     diversity_strength: float = Field(0.3, ge=0, le=1, description="Default MMR strength (0 = relevance only).")
-    admin_token: str | None = Field(None, description="If set, POST /admin/reload needs header x-admin-token with this value.")
+    admin_token: str | None = Field(
+        None,
+        description="Token for the admin endpoints (POST /admin/reload, header x-admin-token). Unset: `storerec serve` makes "
+        "one per start and prints it; a service started otherwise keeps its admin endpoints off (403).",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Level of storerec's own log lines in the service (refused requests are INFO, one line each)."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Storefront origins (e.g. https://shop.example.com) allowed to call the public endpoints from a browser; "
+        "none by default. Admin endpoints are never open to other origins.",
+    )
     max_body_bytes: int = Field(65_536, ge=1024, description="Larger request bodies get 413.")
     access_log: bool = Field(True, description="BentoML's per-request access log lines.")
     metrics: bool = Field(True, description="Prometheus metrics at GET /metrics.")
@@ -173,6 +185,14 @@ class ServingSettings(_Section):
         False, description="OpenTelemetry spans per request (BentoML's tracing); off, the SDK is disabled, which saves CPU per request."
     )
     blas_threads: int = Field(1, ge=1, description="BLAS threads per worker; one request's matrix work is small, so 1 avoids spinning threads.")
+    control_url: str = Field(
+        "sqlite:///eventlog/control.db",
+        description="SQLAlchemy URL of the store the workers share to serve the same version (ephemeral runtime state; "
+        "a relative SQLite path is taken from the directory `storerec serve` starts in).",
+    )
+    sync_ms: int = Field(500, ge=50, le=60_000, description="Each worker checks the control store (and heartbeats) this often.")
+    alias_poll_s: float = Field(2.0, gt=0, le=3600, description="Each worker resolves the aliases it follows in MLflow this often (picks up `storerec promote`).")
+    reload_wait_s: float = Field(30.0, ge=0, le=600, description="POST /admin/reload waits this long for every live worker to serve the new version.")
 
 
 class ExperimentSettings(_Section):
@@ -182,9 +202,27 @@ class ExperimentSettings(_Section):
 class EventLogSettings(_Section):
     enabled: bool = Field(True, description="Log impressions and accept POST /events.")
     url: str = Field("sqlite:///eventlog/events.db", description="SQLAlchemy URL of the event log (SQLite in WAL mode by default).")
+    max_event_age_days: float = Field(
+        30.0, gt=0, description="POST /events refuses events older than this (import old history with `storerec import`)."
+    )
     flush_ms: int = Field(
         200, ge=1, le=10_000,
         description="Impressions are committed at least this often (group commit; a hard kill can lose the last interval). POST /events commits at once.",
+    )
+    ack_timeout_ms: int = Field(
+        5000, ge=50, le=25_000,
+        description="POST /events waits this long for its commit; past it the events are dropped (never written later) and the "
+        "request gets 503, so a retry cannot duplicate them. Below BentoML's 30 s request timeout.",
+    )
+    max_queued_impressions: int = Field(
+        200_000, ge=1,
+        description="Impressions kept in memory while the database is unavailable (written once it is back); beyond, the oldest are dropped (counted in /readyz, logged).",
+    )
+    retention_days: int | None = Field(
+        90, ge=0, description="The service deletes impressions and events older than this, at start and hourly (`storerec eventlog prune` too); 0 keeps everything."
+    )
+    auto_upgrade: bool = Field(
+        True, description="`storerec serve` creates or upgrades the event log schema; off, it refuses an outdated one (run `storerec eventlog upgrade`)."
     )
 
 

@@ -105,10 +105,10 @@ def test_responses_match_their_documented_models(svc, data) -> None:
     assert post(svc, "/recommend", {"user_id": user}).headers["content-type"] == "application/json"
 
 
-def test_every_reason_is_true(svc, data) -> None:
+def test_every_reason_is_true(svc, data, tmp_path: Path) -> None:
     ev, prof, items = data["events"], data["profiles"], data["items"]
     folder = tracking.download_version(tracking.configure(svc["settings"].mlflow), tracking.resolve_version(
-        tracking.configure(svc["settings"].mlflow), "storerec", "1"))
+        tracking.configure(svc["settings"].mlflow), "storerec", "1"), tmp_path)
     model = ModelBase.load(folder / "model")
     item = {r["item_id"]: r for r in items.select("item_id", "category", "is_new", "price_band", "trending_score", "pop_7d").with_columns(pl.col("price_band").cast(pl.String)).iter_rows(named=True)}
     profile = {r["user_id"]: r for r in prof.select("user_id", "top_categories", pl.col("price_band").cast(pl.String), pl.col("tier").cast(pl.String)).iter_rows(named=True)}
@@ -192,7 +192,7 @@ def test_bare_score_endpoint(svc, data) -> None:
     items = r.json()["items"]
     assert len(items) == 7 and [i["score"] for i in items] == sorted((i["score"] for i in items), reverse=True)
     r = post(svc, "/score", {"user_id": "nobody-at-all", "k": 7})
-    assert r.status_code == 404 and "nobody-at-all" in r.text
+    assert r.status_code == 404 and r.json()["field"] == "user_id" and "nobody-at-all" not in r.text  # ids are not echoed
 
 
 def test_load_generator_against_the_service(svc, data) -> None:
@@ -282,7 +282,11 @@ def test_reload_swaps_models_and_survives_a_corrupt_one(svc, data) -> None:
     headers = {"x-admin-token": "s3cret"}
     assert main(["--config", str(svc["cfg"]), "-q", "promote", "--version", "2"]) == 0
     r = c.post("/admin/reload", json={}, headers=headers)
-    assert r.status_code == 200 and r.json() == {"model": "itemknn", "model_version": "2", "previous_version": "1"}
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert {k: body[k] for k in ("model", "model_version", "previous_version", "follows")} == {
+        "model": "itemknn", "model_version": "2", "previous_version": "1", "follows": "champion"}
+    assert body["complete"] and [w["model_version"] for w in body["workers"]] == ["2"] and body["generation"] >= 2
     user = hot_users(data)[0]
     assert post(svc, "/recommend", {"user_id": user, "k": 3}).json()["model_version"] == "2"
     # Corrupt version 1's stored model files, point champion at it, reload: refused, v2 keeps serving.
@@ -296,6 +300,6 @@ def test_reload_swaps_models_and_survives_a_corrupt_one(svc, data) -> None:
         meta.write_text("{ corrupt")
     assert main(["--config", str(svc["cfg"]), "-q", "promote", "--version", "1"]) == 0
     r = c.post("/admin/reload", json={}, headers=headers)
-    assert r.status_code == 400 and "still serving version 2" in r.text
+    assert r.status_code == 409 and "still serving version 2" in r.text
     assert post(svc, "/recommend", {"user_id": user, "k": 3}).json()["model_version"] == "2"
     assert c.get("/readyz").status_code == 200

@@ -52,7 +52,7 @@ def client(env: dict[str, Path]) -> MlflowClient:
     return tracking.configure(load_settings(env["cfg"], environ={}).mlflow)
 
 
-def test_train_logs_a_run_and_registers_a_self_contained_version(env, capsys) -> None:
+def test_train_logs_a_run_and_registers_a_self_contained_version(env, capsys, tmp_path: Path) -> None:
     assert run(env, "train", "--model", "als", "--param", "factors=16", "--param", "interactions.recency_half_life=30") == 0
     out = capsys.readouterr().out
     assert "als: ndcg@10=" in out and "registered as version" in out
@@ -70,7 +70,7 @@ def test_train_logs_a_run_and_registers_a_self_contained_version(env, capsys) ->
     arts = {a.path for a in c.list_artifacts(r.info.run_id, "evaluation")}
     assert arts == {"evaluation/report.json", "evaluation/report.md"}
     # Everything serving needs comes from the registry alone.
-    folder = tracking.download_version(c, version)
+    folder = tracking.download_version(c, version, tmp_path)
     assert {p.name for p in folder.iterdir()} >= {"model", "item_features.parquet", "training.json"}
     model = ModelBase.load(folder / "model")
     assert model.name == "als"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +74,8 @@ def recommend_batch(
     client = tracking.configure(settings.mlflow)
     with progress.step(f"load model {model_ref}"):
         version = tracking.resolve_version(client, settings.mlflow.registered_model, model_ref)
-        model = ModelBase.load(tracking.download_version(client, version) / tracking.ARTIFACT_MODEL)
+        with tempfile.TemporaryDirectory(prefix="storerec-model-") as tmp:  # loaded into memory, then removed
+            model = ModelBase.load(tracking.download_version(client, version, Path(tmp)) / tracking.ARTIFACT_MODEL)
     users = read_user_ids(users_file) if users_file else None
     if segment is not None:
         path = Path(data_dir) / "profiles" / "users.parquet"

@@ -98,8 +98,9 @@ def version_spec(settings: Settings, ref: str) -> tuple[str, str, dict[str, Any]
 
     client = tracking.configure(settings.mlflow)
     version = tracking.resolve_version(client, settings.mlflow.registered_model, ref)
-    folder = tracking.download_version(client, version, Path(tempfile.mkdtemp(prefix="storerec-replay-")))
-    info = json.loads((folder / "training.json").read_text())
+    with tempfile.TemporaryDirectory(prefix="storerec-replay-") as tmp:
+        folder = tracking.download_version(client, version, Path(tmp))
+        info = json.loads((folder / "training.json").read_text())
     overrides: dict[str, Any] = {}
     for key, value in info["params"].items():
         if key == "model" or key.startswith("split"):

@@ -21,7 +21,7 @@ import pandas as pd  # MLflow's pyfunc interface speaks pandas; not used on hot 
 from mlflow.tracking import MlflowClient
 
 from storerec import __version__
-from storerec.errors import UserError
+from storerec.errors import NotFoundError, UserError
 from storerec.settings import MlflowSettings
 
 ARTIFACT_MODEL = "model"
@@ -131,7 +131,7 @@ def resolve_version(client: MlflowClient, registered_model: str, ref: str) -> An
             return client.get_model_version(name, what)
         return client.get_model_version_by_alias(name, what)
     except mlflow.exceptions.MlflowException as exc:
-        raise UserError(
+        raise NotFoundError(
             f"no model version {ref!r} in the registry ({exc.message.splitlines()[0]}); "
             "list versions with `storerec models`, train one with `storerec train`"
         ) from None

@@ -1,0 +1,405 @@
+"""The HTTP edge (serving/http.py): media type, streaming size limit, admin token, CORS, strict
+validation, one error shape, and an OpenAPI document that matches what is enforced.
+
+Unit tests drive the Gate in front of a stub ASGI app that records what reached it (what the
+endpoints would see); the e2e tests at the end run the same cases against the real service."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from serving.http import ROUTES, Gate, openapi_spec
+
+TOKEN = "t0ken-for-tests"
+
+
+class Downstream:
+    """Stands for BentoML's app: records the bodies that got through and answers 200."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            m = await receive()
+            body += m.get("body", b"")
+            if not m.get("more_body"):
+                break
+        self.bodies.append(body)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"ok": true}'})
+
+
+def gate(token: str | None = TOKEN, origins: list[str] | None = None, max_bytes: int = 4096) -> tuple[TestClient, Downstream]:
+    down = Downstream()
+    app = Gate(down, max_bytes=max_bytes, admin_token=lambda: token, cors_origins=origins or [],
+               status_routes={"/readyz": lambda: (503, {"ready": False, "reasons": ["x"]})})
+    return TestClient(app), down
+
+
+def assert_error(r, status: int, field: str | None = None, code: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert isinstance(body, dict) and set(body) == {"error", "code", "field", "details"}, body
+    assert body["error"] and "Traceback" not in body["error"] and "IODescriptor" not in body["error"]
+    if field is not None:
+        assert body["field"] == field, body
+    if code is not None:
+        assert body["code"] == code, body
+    return body
+
+
+@pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", "multipart/form-data; boundary=x", None])
+def test_non_json_bodies_get_415_and_never_reach_the_endpoint(ctype) -> None:
+    client, down = gate()
+    headers = {"content-type": ctype} if ctype else {}
+    for path in ROUTES:
+        r = client.post(path, content=b'{"user_id":"u1"}', headers={**headers, "x-admin-token": TOKEN})
+        assert_error(r, 415, code="unsupported_media_type")
+    assert down.bodies == []
+
+
+def test_chunked_body_without_content_length_is_cut_at_the_limit() -> None:
+    client, down = gate(max_bytes=4096)
+    sent = 0
+
+    def chunks():
+        nonlocal sent
+        yield b'{"user_id": "'
+        for _ in range(10_000):  # 10 MB if it were all read
+            sent += 1024
+            yield b"x" * 1024
+        yield b'"}'
+
+    r = client.post("/recommend", content=chunks(), headers={"content-type": "application/json"})
+    assert_error(r, 413, code="payload_too_large")
+    assert down.bodies == []
+    r = client.post("/recommend", content=b" " * 5000, headers={"content-type": "application/json"})  # announced size
+    assert_error(r, 413)
+    r = client.post("/recommend", content=b'{"user_id": "u1"}', headers={"content-type": "application/json"})
+    assert r.status_code == 200 and down.bodies == [b'{"user_id": "u1"}']  # the body reached the endpoint intact
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"user_id": "u1", "k": True}, "k"),
+        ({"user_id": "u1", "k": "5"}, "k"),
+        ({"user_id": "u1", "k": 5.5}, "k"),
+        ({"user_id": 5}, "user_id"),
+        ({"user_id": "u1\x00"}, "user_id"),
+        ({"user_id": "u1", "filters": {"in_stock_only": 1}}, "filters.in_stock_only"),
+        ({"user_id": "u1", "filters": {"min_price": "3"}}, "filters.min_price"),
+        ({"user_id": "u1", "surprise": True}, "surprise"),
+        ({"user_id": "u1", "context": {"item_ids": [1]}}, "context.item_ids.0"),
+    ],
+)
+def test_strict_types_name_the_field(body, field) -> None:
+    client, down = gate()
+    body = assert_error(client.post("/recommend", json=body), 400, field=field, code="invalid_request")
+    assert body["details"] and all(set(d) == {"field", "message"} for d in body["details"])
+    assert down.bodies == []
+
+
+def test_integral_numbers_are_integers() -> None:
+    """JSON Schema's integer: 5.0 is 5 (so a spec-valid request is never refused); 5.5 is not."""
+    client, down = gate()
+    assert client.post("/recommend", json={"user_id": "u1", "k": 5.0, "diversity": {"max_per_category": 2.0}}).status_code == 200
+    assert_error(client.post("/recommend", json={"user_id": "u1", "k": 5.5}), 400, field="k")
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"k": 3}, None),
+    ({"user_id": "u1", "filters": {"min_price": 50, "max_price": 10}}, "filters"),
+])
+def test_rules_beyond_the_schema_get_422(body, field) -> None:
+    client, down = gate()
+    assert_error(client.post("/recommend", json=body), 422, field=field, code="rule_violated")
+    assert down.bodies == []
+
+
+@pytest.mark.parametrize("raw", [b'{"user_id": "u1", "filters": {"min_price": Infinity}}', b'{"user_id": "u1", "filters": {"max_price": NaN}}',
+                                 b'{"user_id": "u1", "filters": {"max_price": 1e999}}', b"{not json", b"[]", b'"u1"'])
+def test_non_finite_numbers_and_malformed_json_get_400(raw) -> None:
+    client, down = gate()
+    assert_error(client.post("/recommend", content=raw, headers={"content-type": "application/json"}), 400)
+    assert down.bodies == []
+
+
+@pytest.mark.parametrize("ts", ["0001-01-01T00:00:00Z", "2020-01-01T00:00:00Z", "2999-01-01T00:00:00Z", "0001-01-01T00:00:00+05:00"])
+def test_event_timestamps_out_of_range_are_refused(ts) -> None:
+    client, down = gate()
+    body = {"events": [{"request_id": "r", "item_id": "i1", "event_type": "click", "timestamp": ts}]}
+    assert_error(client.post("/events", json=body), 422, field="events.0")
+    assert down.bodies == []
+
+
+def test_a_recent_event_passes() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    client, down = gate()
+    ts = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()
+    r = client.post("/events", json={"events": [{"request_id": "r", "item_id": "i1", "event_type": "purchase", "revenue": 3, "timestamp": ts}]})
+    assert r.status_code == 200 and len(down.bodies) == 1
+
+
+def test_admin_endpoints_need_the_token_and_are_off_without_one() -> None:
+    client, down = gate(token=None)
+    assert_error(client.post("/admin/reload", json={}), 403, code="forbidden")
+    client, down = gate()
+    assert_error(client.post("/admin/reload", json={}), 403)
+    assert_error(client.post("/admin/reload", json={}, headers={"x-admin-token": TOKEN + "x"}), 403)
+    assert_error(client.post("/admin/reload", json={}, headers={"x-admin-token": TOKEN[:-1]}), 403)
+    assert down.bodies == []
+    assert client.post("/admin/reload", json={"model": "1"}, headers={"x-admin-token": TOKEN}).status_code == 200
+    assert down.bodies == [b'{"model":"1"}']
+
+
+def test_cross_site_reload_is_impossible() -> None:
+    """The issue's reproduction: a text/plain POST from another origin (a "simple" request a web
+    page can send without preflight) with the token unknown to the page."""
+    client, down = gate(origins=["https://shop.example.com"])
+    r = client.post("/admin/reload", content=b'{"model":"1"}', headers={"content-type": "text/plain", "origin": "http://evil.example"})
+    assert r.status_code in (403, 415) and "access-control-allow-origin" not in r.headers
+    r = client.options("/admin/reload", headers={"origin": "https://shop.example.com", "access-control-request-method": "POST"})
+    assert_error(r, 403)  # admin is never open to other origins, even allowed storefronts
+    assert down.bodies == []
+
+
+def test_cors_allow_list_for_public_endpoints() -> None:
+    client, down = gate()  # nothing allowed by default
+    r = client.options("/recommend", headers={"origin": "https://shop.example.com", "access-control-request-method": "POST"})
+    assert_error(r, 403)
+    r = client.post("/recommend", json={"user_id": "u1"}, headers={"origin": "https://shop.example.com"})
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+
+    client, down = gate(origins=["https://shop.example.com"])
+    r = client.options("/recommend", headers={"origin": "https://shop.example.com", "access-control-request-method": "POST",
+                                              "access-control-request-headers": "content-type"})
+    assert r.status_code == 204
+    assert r.headers["access-control-allow-origin"] == "https://shop.example.com"
+    assert "POST" in r.headers["access-control-allow-methods"] and "content-type" in r.headers["access-control-allow-headers"]
+    r = client.post("/recommend", json={"user_id": "u1"}, headers={"origin": "https://shop.example.com"})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://shop.example.com"
+    r = client.post("/recommend", json={"user_id": "u1"}, headers={"origin": "https://other.example.com"})
+    assert "access-control-allow-origin" not in r.headers
+    r = client.options("/recommend", headers={"origin": "https://other.example.com", "access-control-request-method": "POST"})
+    assert_error(r, 403)
+
+
+def test_wrong_method_is_405_in_the_error_shape() -> None:
+    client, _ = gate()
+    r = client.get("/recommend")
+    assert_error(r, 405)
+    assert r.headers["allow"] == "POST"
+    r = client.request("TRACE", "/readyz")
+    assert_error(r, 405)
+    assert r.headers["allow"] == "GET"
+    assert client.post("/healthz", json={}).status_code == 405
+
+
+def test_refusals_are_logged_at_info_in_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    client, _ = gate()
+    with caplog.at_level(logging.DEBUG, logger="storerec.http"):
+        client.post("/recommend", json={"user_id": "u1", "k": "5"})
+        client.post("/recommend", content=b"x", headers={"content-type": "text/plain"})
+    recs = [r for r in caplog.records if r.name == "storerec.http"]
+    assert len(recs) == 2 and all(r.levelno == logging.INFO and "\n" not in r.getMessage() and not r.exc_info for r in recs)
+
+
+def test_openapi_documents_every_status_the_service_answers() -> None:
+    spec = openapi_spec()
+    json.dumps(spec)
+    schemas = spec["components"]["schemas"]
+    assert "ErrorResponse" in schemas and not any("IODescriptor" in name for name in schemas)
+    for path in ROUTES:
+        responses = spec["paths"][path]["post"]["responses"]
+        for status in ("400", "413", "415", "503", "504"):
+            assert responses[status]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
+    assert "403" in spec["paths"]["/admin/reload"]["post"]["responses"]
+    assert "404" in spec["paths"]["/similar_items"]["post"]["responses"]
+    # nullable fields say so
+    rec = schemas["RecommendResponse"]["properties"]
+    assert {"type": "null"} in rec["experiment"]["anyOf"] and {"type": "null"} in rec["variant"]["anyOf"]
+
+
+# ---- end to end: the same cases against the real service -------------------------------------------
+
+import os  # noqa: E402
+import socket  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from storerec.cli import main  # noqa: E402
+from tests._serve import start, stop, write_config  # noqa: E402
+
+ORIGIN = "https://shop.example.com"
+
+
+@pytest.fixture(scope="module")
+def live(store: Path, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("http")
+    cfg = write_config(root, store, extra=f'[serving]\naccess_log = false\ncors_origins = ["{ORIGIN}"]')
+    assert main(["--config", str(cfg), "-q", "train", "--model", "popularity"]) == 0
+    assert main(["--config", str(cfg), "-q", "promote", "--version", "1"]) == 0
+    proc, client = start(cfg, root / "serve.log")
+    yield {"proc": proc, "client": client, "log": root / "serve.log", "cfg": cfg, "root": root}
+    stop(proc)
+
+
+def _tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            todo += [int(c) for c in task.read_text().split()]
+    return out
+
+
+def _rss_mb(pids: list[int]) -> float:
+    total = 0
+    for p in pids:
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
+def _raw_chunked(port: int, path: str, total_mb: int) -> tuple[bytes, int]:
+    """POST ``total_mb`` MB as a chunked body with no Content-Length; stops sending as soon as the
+    server answers. Returns (response bytes, bytes sent)."""
+    import select
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+    chunk = b"x" * 65536
+    frame = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+    sent, resp = 0, b""
+    try:
+        while sent < total_mb * 2**20:
+            if select.select([s], [], [], 0)[0]:
+                break
+            s.sendall(frame)
+            sent += len(chunk)
+        s.settimeout(10)
+        while b"\r\n\r\n" not in resp:
+            part = s.recv(65536)
+            if not part:
+                break
+            resp += part
+        resp += s.recv(65536) if b"\r\n\r\n" in resp and not resp.rstrip().endswith(b"}") else b""
+    except (BrokenPipeError, ConnectionResetError):
+        resp += s.recv(65536)
+    finally:
+        s.close()
+    return resp, sent
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_live_chunked_200mb_body_gets_413_without_growing_the_worker(live) -> None:
+    port = live["client"].base_url.port
+    pids = _tree(live["proc"].pid)
+    before = _rss_mb(pids)
+    resp, sent = _raw_chunked(port, "/recommend", 200)
+    after = _rss_mb(pids)
+    assert resp.startswith(b"HTTP/1.1 413"), resp[:300]
+    assert b"exceeds the limit" in resp
+    assert sent < 50 * 2**20, f"the server read {sent / 2**20:.0f} MB before refusing"
+    assert after - before < 20, f"service RSS grew {after - before:.0f} MB ({before:.0f} -> {after:.0f})"
+    assert live["client"].get("/readyz").status_code == 200
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_live_non_json_bodies_get_415_on_every_post_endpoint(live) -> None:
+    c = live["client"]
+    for path in ROUTES:
+        for ctype in ("multipart/form-data", "text/plain", "application/x-www-form-urlencoded"):
+            r = c.post(path, content=b'{"user_id":"u1","k":3}', headers={"content-type": ctype})
+            assert_error(r, 415)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.parametrize("path, raw, field, status", [
+    ("/recommend", b'{"user_id": "u1", "k": true}', "k", 400),
+    ("/recommend", b'{"user_id": "u1", "k": "5"}', "k", 400),
+    ("/recommend", b'{"user_id": "u1", "filters": {"min_price": Infinity}}', "filters.min_price", 400),
+    ("/events", b'{"events": [{"request_id": "r", "item_id": "i1", "event_type": "click", "timestamp": "0001-01-01T00:00:00Z"}]}', "events.0", 422),
+    ("/recommend", b'{"user_id": "u1", "filters": {"include_categories": ["Nope"]}}', "filters.include_categories", 404),
+    ("/trending", b'{"category": "Nope"}', "category", 404),
+])
+def test_live_strict_input_and_one_error_shape(live, path, raw, field, status) -> None:
+    r = live["client"].post(path, content=raw, headers={"content-type": "application/json"})
+    assert_error(r, status, field=field)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_live_unknown_ids_get_404_in_the_error_shape(live) -> None:
+    c = live["client"]
+    assert_error(c.post("/similar_items", json={"item_id": "no-such-item"}), 404, field="item_id")
+    assert_error(c.post("/recommend", json={"user_id": "u1", "filters": {"exclude_categories": ["Nope"]}}), 404,
+                 field="filters.exclude_categories")
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_live_admin_needs_the_printed_token_and_json(live) -> None:
+    c = live["client"]
+    token = c.headers["x-admin-token"]  # printed by `storerec serve` (no token in the config)
+    bare = {"content-type": "application/json", "x-admin-token": ""}
+    assert_error(c.post("/admin/reload", content=b"{}", headers=bare), 403)
+    r = c.post("/admin/reload", content=b'{"model":"1"}', headers={"content-type": "text/plain", "origin": "http://evil.example", "x-admin-token": ""})
+    assert r.status_code in (403, 415) and "access-control-allow-origin" not in r.headers
+    r = c.post("/admin/reload", json={"model": "1"}, headers={"x-admin-token": token})
+    assert r.status_code == 200, r.text
+    assert_error(c.post("/admin/reload", json={"model": "77"}, headers={"x-admin-token": token}), 404, field="model")
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_live_cors_preflight_and_headers(live) -> None:
+    c = live["client"]
+    r = c.options("/recommend", headers={"origin": ORIGIN, "access-control-request-method": "POST"})
+    assert r.status_code == 204 and r.headers["access-control-allow-origin"] == ORIGIN
+    r = c.post("/recommend", json={"user_id": "u1", "k": 3}, headers={"origin": ORIGIN})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == ORIGIN
+    r = c.options("/recommend", headers={"origin": "https://evil.example", "access-control-request-method": "POST"})
+    assert_error(r, 403)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_live_spec_is_the_one_enforced_and_4xx_are_one_info_line(live) -> None:
+    c = live["client"]
+    assert c.get("/docs.json").json() == json.loads(json.dumps(openapi_spec()))
+    c.post("/recommend", json={"user_id": "u1", "k": "five"})
+    c.post("/recommend", content=b"{}", headers={"content-type": "multipart/form-data"})
+    time.sleep(0.5)
+    text = live["log"].read_text()
+    assert "Traceback" not in text and "IODescriptor" not in text
+    lines = [line for line in text.splitlines() if "400 POST /recommend: k:" in line]
+    assert lines and all("[INFO]" in line for line in lines)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_live_fuzz_finds_no_server_error_or_schema_violation(live, tmp_path: Path) -> None:
+    """A short `make fuzz`: schemathesis against the live spec (the full run is `make fuzz`)."""
+    from storerec.fuzz import run_schemathesis
+
+    url = str(live["client"].base_url).rstrip("/")
+    summary = run_schemathesis(url, tmp_path, examples=int(os.environ.get("STOREREC_FUZZ_EXAMPLES", "15")),
+                               token=live["client"].headers["x-admin-token"], log=lambda s: None)
+    assert summary["exit_code"] == 0, summary["tail"]
+    assert summary["cases"] and summary["cases"] >= 7 * 10, summary
+    assert "Traceback" not in live["log"].read_text()
