@@ -403,3 +403,57 @@ def test_live_fuzz_finds_no_server_error_or_schema_violation(live, tmp_path: Pat
     assert summary["exit_code"] == 0, summary["tail"]
     assert summary["cases"] and summary["cases"] >= 7 * 10, summary
     assert "Traceback" not in live["log"].read_text()
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_live_locked_event_log_turns_readyz_503_and_recovers(live) -> None:
+    """Issue #10, case 1, against the real service: while another process holds an exclusive
+    lock on the event log, POST /events answers 503 within eventlog.ack_timeout_ms (nothing
+    stored), /readyz answers 503 with the reason; after the lock both recover and later
+    events and impressions are written."""
+    import sqlite3
+    import threading
+
+    from serving.eventlog import read_frames
+
+    c = live["client"]
+    db = live["root"] / "events.db"
+    rid = c.post("/recommend", json={"user_id": "u00001", "k": 3}).json()["request_id"]
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        conn = sqlite3.connect(db, timeout=30, isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        release.wait(60)
+        conn.execute("COMMIT")
+        conn.close()
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert locked.wait(30)
+        t0 = time.monotonic()
+        r = c.post("/events", json={"events": [{"request_id": rid, "item_id": "i00001", "event_type": "click", "event_id": "lock-1"}]})
+        assert_error(r, 503, code="event_log_unavailable")
+        assert time.monotonic() - t0 < 15
+        deadline = time.monotonic() + 15
+        while (ready := c.get("/readyz")).status_code != 503 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert ready.status_code == 503 and any("event log" in x for x in ready.json()["reasons"]), ready.text
+    finally:
+        release.set()
+        t.join(60)
+    deadline = time.monotonic() + 20
+    while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert c.get("/readyz").status_code == 200
+    r = c.post("/events", json={"events": [{"request_id": rid, "item_id": "i00001", "event_type": "click", "event_id": "lock-2"}]})
+    assert r.status_code == 200 and r.json() == {"received": 1, "stored": 1}
+    rid2 = c.post("/recommend", json={"user_id": "u00002", "k": 3}).json()["request_id"]
+    c.post("/events", json={"events": [{"request_id": rid2, "item_id": "i00001", "event_type": "click", "event_id": "lock-3"}]})
+    frames = read_frames(f"sqlite:///{db}")
+    ids = set(frames["feedback"]["event_id"].to_list())
+    assert "lock-2" in ids and "lock-3" in ids and "lock-1" not in ids  # the refused event was withdrawn
+    assert rid2 in frames["impressions"]["request_id"].to_list()
