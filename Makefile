@@ -51,8 +51,8 @@ data: install  ## simulate the built-in storefront into ./data
 features: install  ## build user profiles and item features from ./data
 	$(STOREREC) features $(ARGS)
 
-import-ml100k: install  ## import MovieLens-100K from ../shared/data/ml-100k into ./data-ml100k
-	$(STOREREC) import --movielens ../shared/data/ml-100k --data-dir data-ml100k $(ARGS)
+import-ml100k: install  ## (re-)import MovieLens-100K from ../shared/data/ml-100k into ./data-ml100k (replaces what that folder holds)
+	$(STOREREC) import --movielens ../shared/data/ml-100k --data-dir data-ml100k --replace $(ARGS)
 
 train: install  ## train, evaluate, log and register one model: make train MODEL=als [ARGS='--param factors=128']
 	$(STOREREC) train --model $(MODEL) $(ARGS)
@@ -70,7 +70,7 @@ promote: install  ## point an alias at a version: make promote VERSION=3 [ALIAS=
 models: install  ## list registered model versions with aliases and headline metrics
 	$(STOREREC) models
 
-recommend-batch: install  ## lists for a campaign: make recommend-batch [USERS=ids.csv] [ARGS='--segment dormant'] OUT=recs.parquet
+recommend-batch: install  ## lists for a campaign: make recommend-batch [USERS=ids.csv] [ARGS='--segment dormant'] OUT=recs.parquet|recs.csv (no USERS: every user)
 	$(STOREREC) recommend-batch --model champion $(if $(USERS),--users $(USERS)) --k $(K) --out $(OUT) $(ARGS)
 
 simulate-traffic: install  ## play built-in-store shoppers against the running service (SHOPPERS=2000)

@@ -1,31 +1,42 @@
 """Importing a store's own data (CSV/Parquet files, or MovieLens-100K) into the data folder.
 
-Flow: read every file as strings -> apply the column mapping -> validate all tables
-(:mod:`features.validate`) -> either refuse with a report (nothing written) or write the accepted
-rows of all tables together with :func:`features.io.write_tables` (atomic), bad rows to
-``<data-dir>/quarantine/`` when asked, and ``import.json`` describing the import.
+Flow: refuse at once if a table to import is already in the folder and neither ``append`` nor
+``replace`` was chosen -> read every file as strings (ids must be strings or integers, numeric
+times need a unit) -> apply the column mapping -> validate all tables (:mod:`features.validate`)
+-> drop rows of forgotten users (:mod:`features.forget`) -> with ``append``, set aside rows
+already in the table -> either refuse with a report (nothing written) or write the resulting
+tables together with :func:`features.io.write_tables` (atomic), bad rows to
+``<data-dir>/quarantine/`` when asked, and ``import.json`` describing the import. An import that
+would leave the events or items table empty is refused.
+
+Reports printed to the terminal show user ids only as :func:`features.forget.redact` hashes and
+users' personal attributes as ``<redacted>``; the quarantine files keep the rows as read.
 """
 
 from __future__ import annotations
 
+import csv
 import io
 import json
+import re
 import time
 import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
-from features.io import TABLE_FILES, write_tables, write_text_atomic
-from features.schema import CATEGORY_SEP, REQUIRED, TABLES, TAG_SEP, Columns
+from features.forget import drop_forgotten, forgotten_hashes, redact
+from features.io import TABLE_FILES, table_path, write_tables, write_text_atomic
+from features.schema import CATEGORY_SEP, REQUIRED, TABLES, TAG_SEP, Columns, check_schema
 from features.validate import (
     DUPLICATE_FIELD,
     PROBLEM_SCHEMA,
     ROW,
     TIME_COLUMN,
+    TIMESTAMP_UNITS,
     ParseOptions,
     Validated,
     check_timezone,
@@ -40,11 +51,27 @@ C = Columns
 CSV_EXTENSIONS = {".csv": ",", ".tsv": "\t", ".txt": ","}
 PARQUET_EXTENSIONS = {".parquet", ".pq"}
 TABLE_ORDER = ("items", "events", "users")  # items first: events are checked against accepted items
-MAPPING_KEYS = {"columns", "timestamp_format", "timezone", "delimiter", "encoding", "event_types"}
+MAPPING_KEYS = {"columns", "timestamp_format", "timestamp_unit", "timezone", "delimiter", "encoding", "event_types"}
 QUARANTINE_DIR = "quarantine"
 IMPORT_RECORD = "import.json"
 SIMULATION_RECORD = "simulation.json"
 HINT = "fix the rows, or re-run with --quarantine to keep the good rows and set the bad ones aside"
+
+Mode = Literal["append", "replace"]
+MODES = ("append", "replace")
+# Tables the later stages cannot do without: an import never leaves them empty.
+NONEMPTY_TABLES = ("events", "items")
+# With --append, a new row that equals a row already in the table (this key when both have it
+# and it is set, else every column) is skipped and counted; items and users also keep one row
+# per id, so a known id with other values is a bad row.
+APPEND_KEY = {"events": "event_id"}
+ENTITY_KEY = {"items": Columns.Item, "users": Columns.User}
+# Id columns: every schema column named *_id (user_id, item_id, session_id...); they must be
+# strings or integers in Parquet files (integers become their decimal text).
+ID_COLUMNS = {t: tuple(c for c in schema if c.endswith("_id")) for t, schema in TABLES.items()}
+# Values never printed in clear: user ids (shown as a hash) and users' personal attributes.
+PERSONAL_FIELDS = {"users": {Columns.AgeBand, Columns.Gender, Columns.Region, Columns.Occupation, "age"}}
+REDACTED = "<redacted>"
 
 ML_GENRE_COLUMNS = ("item_id", "title", "release_date", "video_release_date", "imdb_url")
 ML_AGE_BANDS = ((18, "<18"), (25, "18-24"), (35, "25-34"), (45, "35-44"), (55, "45-54"), (65, "55-64"))
@@ -60,7 +87,12 @@ class ImportRejected(UserError):
 
 @dataclass
 class TableSummary:
-    """Counts and paths for one imported table (``read == accepted + quarantined + deduplicated``)."""
+    """Counts and paths for one imported table.
+
+    ``read == accepted + quarantined + deduplicated + forgotten``; the table had ``before`` rows
+    and has ``after``: with ``mode == "append"``, ``after == before + appended`` and
+    ``accepted == appended + existing_duplicates``; otherwise ``after == accepted``.
+    """
 
     table: str
     source: str
@@ -68,10 +100,27 @@ class TableSummary:
     accepted: int
     quarantined: int
     deduplicated: int
+    forgotten: int = 0
+    mode: str = "new"  # "new" (no table before), "append" or "replace"
+    before: int = 0
+    after: int = 0
+    appended: int = 0
+    existing_duplicates: int = 0
     output: Path | None = None
     quarantine_file: Path | None = None
     ignored_columns: list[str] = field(default_factory=list)
     reasons: dict[str, int] = field(default_factory=dict)  # "field: kind" -> rows, bad rows only
+
+    def rows_line(self) -> str:
+        """Rows before and after, e.g. ``rows: 300,000 before, 302,650 after (appended 2,650; ...)``."""
+        if self.mode == "append":
+            return (
+                f"rows: {self.before:,} before, {self.after:,} after (appended {self.appended:,}; "
+                f"{self.existing_duplicates:,} duplicate(s) of rows already in the table skipped)"
+            )
+        if self.mode == "replace":
+            return f"rows: {self.before:,} before, {self.after:,} after (table replaced)"
+        return f"rows: 0 before (new table), {self.after:,} after"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,6 +129,12 @@ class TableSummary:
             "accepted": self.accepted,
             "quarantined": self.quarantined,
             "deduplicated": self.deduplicated,
+            "forgotten_dropped": self.forgotten,
+            "mode": self.mode,
+            "rows_before": self.before,
+            "rows_after": self.after,
+            "appended": self.appended,
+            "duplicates_of_existing": self.existing_duplicates,
             "output": str(self.output) if self.output else None,
             "quarantine_file": str(self.quarantine_file) if self.quarantine_file else None,
             "ignored_columns": self.ignored_columns,
@@ -103,6 +158,9 @@ class ImportSummary:
                 f"  {t.table:<6} read {t.read:,}  accepted {t.accepted:,}  quarantined {t.quarantined:,}  "
                 f"deduplicated {t.deduplicated:,}  -> {t.output}  (from {t.source})"
             )
+            lines.append(f"         {t.rows_line()}")
+            if t.forgotten:
+                lines.append(f"         {t.forgotten:,} rows of forgotten users dropped")
             if t.ignored_columns:
                 lines.append(f"         ignored columns: {', '.join(t.ignored_columns)}")
             if t.quarantine_file:
@@ -135,6 +193,7 @@ class _Source:
 class _TableMapping:
     columns: dict[str, str] = field(default_factory=dict)
     timestamp_format: str | None = None
+    timestamp_unit: str | None = None
     timezone: str = "UTC"
     delimiter: str | None = None
     encoding: str = "utf-8"
@@ -203,69 +262,211 @@ def load_mapping(path: Path | None, settings: Settings) -> dict[str, _TableMappi
                 except LookupError as exc:
                     raise bad(name, f"unknown encoding {value!r}") from exc
                 m.encoding = value
+            elif key == "timestamp_unit":
+                if value not in TIMESTAMP_UNITS:
+                    raise bad(name, f"unknown unit {value!r} (use {', '.join(repr(u) for u in TIMESTAMP_UNITS)}: time since 1970-01-01 UTC)")
+                m.timestamp_unit = value
             else:
                 setattr(m, key, value)
+        if m.timestamp_unit is not None and m.timestamp_format is not None:
+            raise bad(f"{table}.timestamp_unit", "set timestamp_format (times written as text) or timestamp_unit (times written as numbers), not both")
     return out
 
 
-def _stringify(df: pl.DataFrame, path: Path) -> tuple[pl.DataFrame, set[str]]:
-    """Parquet columns as strings (times as ISO 8601, lists joined by '|'); also the time columns."""
-    exprs, temporal = [], set()
-    for name, dtype in df.schema.items():
-        col = pl.col(name)
-        if isinstance(dtype, pl.Datetime):
-            fmt = "%Y-%m-%dT%H:%M:%S%.f" + ("%:z" if dtype.time_zone else "")
-            exprs.append(col.dt.to_string(fmt))
-            temporal.add(name)
-        elif isinstance(dtype, pl.Date):
-            exprs.append(col.dt.to_string("%Y-%m-%d"))
-            temporal.add(name)
-        elif isinstance(dtype, pl.List):
-            exprs.append(col.cast(pl.List(pl.String)).list.join(TAG_SEP))
-        else:
-            exprs.append(col.cast(pl.String))
+def _type_name(dtype: pl.DataType) -> str:
+    """How messages name a Parquet column type: float, list, struct, binary, boolean..."""
+    if dtype.is_float():
+        return "float"
+    if dtype.is_decimal():
+        return "decimal"
+    for kind, name in ((pl.List, "list"), (pl.Array, "list"), (pl.Struct, "struct"), (pl.Binary, "binary"), (pl.Boolean, "boolean")):
+        if isinstance(dtype, kind):
+            return name
+    if dtype.is_temporal():
+        return "date/time"
+    return str(dtype).lower()
+
+
+def _is_text(dtype: pl.DataType) -> bool:
+    return isinstance(dtype, (pl.String, pl.Categorical, pl.Enum, pl.Null))
+
+
+def _type_problem(table: str, col: str, dtype: pl.DataType) -> tuple[str, str] | None:
+    """Why a Parquet column of this type cannot fill ``table.col``, as (reason, kind); None: it can."""
+    got = f", got {_type_name(dtype)}"
+    if col in ID_COLUMNS[table]:
+        if _is_text(dtype) or dtype.is_integer():
+            return None
+        return f"{col} must be a string or an integer{got}", "not a string or an integer"
+    if col == TIME_COLUMN[table]:
+        if _is_text(dtype) or dtype.is_numeric() or isinstance(dtype, (pl.Datetime, pl.Date)):
+            return None
+        return f"{col} must be a date/time, text, or a number with timestamp_unit{got}", "not a date/time"
+    if col == C.Tags:
+        if _is_text(dtype) or (isinstance(dtype, (pl.List, pl.Array)) and not dtype.inner.is_nested()):  # type: ignore[union-attr]
+            return None
+        return f"{col} must be a list of strings or '{TAG_SEP}'-separated text{got}", "not a list of strings"
+    if TABLES[table][col] == pl.String() and (dtype.is_nested() or isinstance(dtype, (pl.Binary, pl.Object))):
+        return f"{col} must be text{got}", "not text"
+    return None
+
+
+def _as_text(s: pl.Series, *, tags: bool = False) -> pl.Series:
+    """A Parquet column as text: times as ISO 8601, tags joined by '|' (other lists as
+    ``[a, b]``), structs as JSON, binary as hex; anything else through str(). Only the value's
+    spelling changes, so that a bad value can be shown and set aside as it was."""
+    dtype = s.dtype
     try:
-        return df.select(exprs), temporal
-    except pl.exceptions.PolarsError as exc:
-        raise UserError(f"{path}: a column cannot be read as text ({exc}); columns: {dict(df.schema)}") from exc
+        if isinstance(dtype, pl.Datetime):
+            return s.dt.to_string("%Y-%m-%dT%H:%M:%S%.f" + ("%:z" if dtype.time_zone else ""))
+        if isinstance(dtype, pl.Date):
+            return s.dt.to_string("%Y-%m-%d")
+        if isinstance(dtype, (pl.List, pl.Array)):
+            joined = s.cast(pl.List(pl.String)).list.join(TAG_SEP if tags else ", ")
+            return joined if tags else pl.select(pl.lit("[") + joined + pl.lit("]")).to_series().alias(s.name)
+        if isinstance(dtype, pl.Struct):
+            return s.struct.json_encode()
+        if isinstance(dtype, pl.Binary):
+            return s.bin.encode("hex")
+        return s.cast(pl.String)
+    except pl.exceptions.PolarsError:
+        return pl.Series(s.name, [None if v is None else str(v) for v in s.to_list()], dtype=pl.String)
 
 
-def _read(path: Path, mapping: _TableMapping) -> tuple[pl.DataFrame, pl.DataFrame, set[str], int | None]:
-    """Read a file: (strings + ROW, native frame for list columns, temporal columns, line offset)."""
+def _stringify(df: pl.DataFrame, tags: str | None) -> tuple[pl.DataFrame, set[str]]:
+    """Parquet columns as text (see :func:`_as_text`; ``tags``: the tags column, if any); also
+    the names of the time columns."""
+    temporal = {n for n, t in df.schema.items() if isinstance(t, (pl.Datetime, pl.Date))}
+    return pl.DataFrame([_as_text(df[n], tags=n == tags) for n in df.columns]), temporal
+
+
+def _records_before(text: str, sep: str) -> int:
+    """CSV records (header included) that start in ``text``."""
+    if not text:
+        return 0
+    try:
+        n = sum(1 for _ in csv.reader(io.StringIO(text, newline=""), delimiter=sep))
+    except csv.Error:
+        n = text.count("\n") + 1
+    return n if not text.endswith(("\n", "\r")) else n + 1
+
+
+def _csv_problem(path: Path, data: bytes, encoding: str, sep: str, table: str) -> str | None:
+    """Find what makes a CSV file unreadable by scanning its bytes: a byte that is not valid in
+    the encoding, an unterminated or malformed quote, or a row with more fields than the header.
+    The message names the file, the row (data rows count from 1; line = row + 1 without
+    line breaks inside quotes) or byte, and what to do; it shows no value from the file."""
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        prefix = data[: exc.start].decode(encoding, errors="replace")
+        row = max(_records_before(prefix, sep) - 1, 1)
+        line = data.count(b"\n", 0, exc.start) + 1
+        is_utf8 = encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig")
+        todo = (
+            f're-save the file as UTF-8, or set encoding = "latin-1" (or the file\'s encoding) under [{table}] in the mapping (--mapping)'
+            if is_utf8
+            else f"check encoding = {encoding!r} under [{table}] in the mapping: it is not the file's encoding"
+        )
+        return f"{path}: invalid {'UTF-8' if is_utf8 else encoding} at byte {exc.start} (row {row}, line {line}): {todo}"
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True)
+    width, start = None, 1
+    for n in range(10**12):  # n = data row (0: the header)
+        try:
+            record = next(reader)
+        except StopIteration:
+            return None
+        except csv.Error as exc:
+            where = f"row {n} (line {start})" if n else f"the header (line {start})"
+            if "end of data" in str(exc) or "field larger" in str(exc):
+                return f"{path}: unterminated quote starting at {where}: check the quoting of that row (a field that starts with a quote must end with one)"
+            return (
+                f"{path}: malformed quote in {where}: a quoted field must end with a quote followed by the "
+                f"separator {sep!r} or the end of the line, and quotes inside it must be doubled; check the quoting of that row"
+            )
+        if width is None:
+            width = len(record)
+        elif len(record) > width:
+            return (
+                f"{path}: row {n} (line {start}) has {len(record)} fields, the header has {width}: check the separator "
+                f"({sep!r}; set delimiter under [{table}] in the mapping) and the quoting of that row"
+            )
+        start = reader.line_num + 1
+    return None
+
+
+def _polars_message(exc: Exception) -> str:
+    """The first line of a polars error without the file contents it may quote."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = re.sub(r"`[^`]*`?", "(…)", first)
+    return first[:200]
+
+
+def _read(path: Path, mapping: _TableMapping, table: str) -> tuple[pl.DataFrame, pl.DataFrame, set[str], int | None]:
+    """Read a file: (strings + ROW, native frame (types as stored), temporal columns, line offset)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if not path.exists():
         raise UserError(f"{path} does not exist")
     if suffix not in CSV_EXTENSIONS and suffix not in PARQUET_EXTENSIONS:
         raise UserError(f"{path}: unknown file type {suffix or '(none)'!r}; use .csv/.tsv/.txt (CSV) or .parquet/.pq")
-    try:
-        if suffix in PARQUET_EXTENSIONS:
+    if suffix in PARQUET_EXTENSIONS:
+        try:
             native = pl.read_parquet(path)
-            strings, temporal = _stringify(native, path)
-            offset = None
-        else:
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise UserError(f"cannot read {path} as Parquet: {_polars_message(exc)}") from exc
+        strings, temporal = _stringify(native, mapping.columns.get(C.Tags, C.Tags))
+        offset = None
+    else:
+        sep = mapping.delimiter or CSV_EXTENSIONS[suffix]
+        try:
             source: Path | io.BytesIO = path
             if mapping.encoding.lower().replace("-", "") not in ("utf8", "utf8sig"):
                 # polars reads UTF-8 only; other encodings are re-encoded in memory.
                 source = io.BytesIO(path.read_bytes().decode(mapping.encoding).encode("utf-8"))
-            sep = mapping.delimiter or CSV_EXTENSIONS[suffix]
             # Every column as a string: nothing is coerced (or silently lost) on read.
             native = strings = pl.read_csv(source, separator=sep, infer_schema=False)
-            temporal, offset = set(), 1
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path} is not valid {mapping.encoding}: {exc}") from exc
-    except pl.exceptions.NoDataError as exc:
-        raise UserError(f"{path} is empty (a CSV file needs at least a header line)") from exc
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        hint = " (not UTF-8? set encoding in the mapping file)" if "utf-8" in str(exc) else ""
-        raise UserError(f"cannot read {path}: {exc}{hint}") from exc
+        except pl.exceptions.NoDataError as exc:
+            raise UserError(f"{path} is empty (a CSV file needs at least a header line)") from exc
+        except (UnicodeDecodeError, pl.exceptions.PolarsError) as exc:
+            # polars' own message quotes whole rows (and names no row): find the place ourselves.
+            problem = _csv_problem(path, path.read_bytes(), mapping.encoding, sep, table)
+            raise UserError(problem or f"cannot read {path} as CSV: {_polars_message(exc)}") from exc
+        except OSError as exc:
+            raise UserError(f"cannot read {path}: {exc}") from exc
+        temporal, offset = set(), 1
     if ROW in strings.columns:
         raise UserError(f"{path}: column name {ROW!r} is reserved")
     return strings.with_row_index(ROW, offset=1), native, temporal, offset
 
 
+def _type_problems(table: str, raw: pl.DataFrame, native: pl.DataFrame, names: dict[str, str]) -> pl.DataFrame | None:
+    """Row-level problems for columns whose Parquet type cannot hold the field (a float user_id,
+    a list item_id...): every row with a value is bad, reported like any bad row."""
+    frames = []
+    for col, src in names.items():
+        problem = _type_problem(table, col, native.schema[src])
+        if problem is None:
+            continue
+        why, kind = problem
+        frames.append(
+            raw.filter(pl.col(src).is_not_null()).select(
+                pl.col(ROW).cast(pl.Int64).alias("row"),
+                pl.lit(col, dtype=pl.String).alias("field"),
+                pl.col(src).alias("value"),
+                pl.lit(why, dtype=pl.String).alias("reason"),
+                pl.lit(kind, dtype=pl.String).alias("kind"),
+            )
+        )
+    if not frames:
+        return None
+    return pl.concat(frames).select(pl.col(n).cast(t) for n, t in PROBLEM_SCHEMA.items())
+
+
 def _file_source(table: str, path: Path, mapping: _TableMapping) -> _Source:
-    raw, native, temporal, offset = _read(path, mapping)
+    raw, native, temporal, offset = _read(path, mapping, table)
     file_cols = [c for c in raw.columns if c != ROW]
     names: dict[str, str] = {}
     for col in TABLES[table]:
@@ -285,14 +486,22 @@ def _file_source(table: str, path: Path, mapping: _TableMapping) -> _Source:
             f"Rename them, or map them with --mapping ([{table}.columns] {missing[0]} = \"<your column>\")"
         )
     work = raw.select(ROW, *(pl.col(src).alias(col) for col, src in names.items()))
-    if C.Tags in names and isinstance(native.schema[names[C.Tags]], pl.List):
-        work = work.with_columns(native[names[C.Tags]].cast(pl.List(pl.String)).alias(C.Tags))
+    tags_type = native.schema[names[C.Tags]] if C.Tags in names else None
+    if isinstance(tags_type, (pl.List, pl.Array)) and _type_problem(table, C.Tags, tags_type) is None:
+        work = work.with_columns(native[names[C.Tags]].cast(pl.List(pl.String)).alias(C.Tags))  # native lists kept
     time_col = TIME_COLUMN[table]
-    fmt = None if names.get(time_col) in temporal else mapping.timestamp_format
-    options = ParseOptions(timestamp_format=fmt, timezone=mapping.timezone, event_types=mapping.event_types)
+    fmt, unit = mapping.timestamp_format, mapping.timestamp_unit
+    if time_col in names:
+        stored = native.schema[names[time_col]]
+        if names[time_col] in temporal:
+            fmt, unit = None, None  # already a time: no format, no unit
+        elif stored.is_numeric():
+            fmt = None  # a number: only timestamp_unit can say what it counts
+    options = ParseOptions(timestamp_format=fmt, timestamp_unit=unit, timezone=mapping.timezone, event_types=mapping.event_types)
     used = set(names.values())
     ignored = [c for c in file_cols if c not in used]
-    return _Source(table, str(path), work, raw, names, options, offset, ignored)
+    extra = _type_problems(table, raw, native, names)
+    return _Source(table, str(path), work, raw, names, options, offset, ignored, extra)
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,6 +515,17 @@ def _where(row: int, offset: int | None) -> str:
 def _field_name(src: _Source, col: str) -> str:
     name = src.names.get(col, col)
     return col if name == col else f"{name} ({col})"
+
+
+def _shown(table: str, fld: str, value: str | None) -> str:
+    """A value as the terminal report shows it: user ids hashed, personal attributes hidden."""
+    if value is None:
+        return "(empty)"
+    if fld == C.User:
+        return redact(value)
+    if fld in PERSONAL_FIELDS.get(table, ()):
+        return REDACTED
+    return repr(value)
 
 
 def _reason_counts(src: _Source, problems: pl.DataFrame) -> dict[str, int]:
@@ -323,9 +543,9 @@ def _report(src: _Source, v: Validated, max_report: int) -> str:
     shown_rows = v.problems["row"].unique(maintain_order=True).head(max(max_report, 0))
     shown = v.problems.filter(pl.col("row").is_in(shown_rows.implode()))
     for row, fld, value, reason, _ in shown.iter_rows():
-        val = "(empty)" if value is None else repr(value)
         where = _where(row, src.line_offset)
-        lines.append(f"  {where}, {_field_name(src, fld)}: {reason}" + ("" if fld == DUPLICATE_FIELD else f" [value {val}]"))
+        val = "" if fld == DUPLICATE_FIELD else f" [value {_shown(src.table, fld, value)}]"
+        lines.append(f"  {where}, {_field_name(src, fld)}: {reason}{val}")
     if n_bad > shown_rows.len():
         lines.append(f"  ... and {n_bad - shown_rows.len():,} more bad row(s) (--max-report N shows more)")
     lines.append("  problems by field and reason:")
@@ -347,16 +567,141 @@ def _quarantine_frame(src: _Source, v: Validated) -> pl.DataFrame:
     return rows.select(*source_cols, pl.col(ROW).alias(meta["row"]), meta["field"], meta["reason"])
 
 
-def _validate_all(settings: Settings, sources: dict[str, _Source], progress: Progress) -> dict[str, Validated]:
+def _existing_tables(data_dir: Path, tables: list[str], mode: Mode | None) -> dict[str, int]:
+    """Row counts of the tables to import that the folder already holds; refuses (nothing read
+    or written yet) when there are some and ``mode`` does not say what to do with them."""
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES} or None, got {mode!r}")
+    held: dict[str, int] = {}
+    for t in tables:
+        path = table_path(data_dir, t)
+        if not path.exists():
+            continue
+        try:
+            held[t] = pl.scan_parquet(path).select(pl.len()).collect().item()
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            if mode != "replace":
+                raise UserError(f"{path} cannot be read ({_polars_message(exc)}); move it away, or re-run with --replace") from exc
+            held[t] = 0
+    if held and mode is None:
+        what = "; ".join(f"{table_path(data_dir, t)} already holds the {t} table ({n:,} rows)" for t, n in held.items())
+        it = "them" if len(held) > 1 else "it"
+        raise UserError(
+            f"import refused, nothing was written: {what}. Re-run with --append to add the new rows to {it} "
+            f"(rows already there are skipped), or with --replace to replace {it}"
+        )
+    return held
+
+
+def _read_existing(data_dir: Path, table: str) -> pl.DataFrame:
+    path = table_path(data_dir, table)
+    try:
+        df = pl.read_parquet(path)
+        check_schema(df, table)
+    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+        msg = _polars_message(exc) if isinstance(exc, pl.exceptions.PolarsError) else str(exc)
+        raise UserError(f"cannot append to {path}: {msg}; re-run with --replace to replace it") from exc
+    return df
+
+
+def rows_already_in(existing: pl.DataFrame, new: pl.DataFrame, key: str | None = None) -> pl.Series:
+    """Boolean mask over ``new``: the rows already in ``existing``.
+
+    A row whose ``key`` is set (when both tables have that column, e.g. ``event_id``) matches on
+    the key alone; any other row matches a row with every column equal (nulls equal).
+    """
+    idx = "__new_row__"
+    n = new.with_row_index(idx)
+    hits = []
+    rest = n
+    if key is not None and key in new.columns and key in existing.columns:
+        known = existing[key].drop_nulls().implode()
+        hits.append(n.filter(pl.col(key).is_not_null() & pl.col(key).is_in(known))[idx])
+        rest = n.filter(pl.col(key).is_null())
+    cols = [c for c in new.columns if c in existing.columns]
+    hits.append(rest.join(existing.select(cols), on=cols, how="semi", nulls_equal=True)[idx])
+    found = pl.concat(hits)
+    return n.select(pl.col(idx).is_in(found.implode())).to_series().alias("already_in")
+
+
+def _filtered(v: Validated, keep: pl.Series, *, drop_rows: pl.Series | None = None, problems: pl.DataFrame | None = None,
+              bad_rows: pl.Series | None = None, forgotten: int = 0) -> Validated:
+    """``v`` with only the ``keep`` rows of its data, without the problems of ``drop_rows``, plus
+    extra ``problems`` (their rows are bad rows)."""
+    probs, bad, dups = v.problems, v.bad_rows, v.duplicate_rows
+    if drop_rows is not None and drop_rows.len():
+        gone = drop_rows.implode()
+        probs = probs.filter(~pl.col("row").is_in(gone))
+        bad = bad.filter(~bad.is_in(gone))
+        dups = dups.filter(~dups.is_in(gone))
+    if problems is not None and problems.height:
+        probs = pl.concat([probs, problems]).with_row_index("__order__").sort(["row", "__order__"]).drop("__order__")
+        bad = pl.concat([bad, problems["row"].unique(maintain_order=True)])
+    return Validated(
+        data=v.data.filter(keep), problems=probs, bad_rows=bad, duplicate_rows=dups, n_read=v.n_read,
+        data_rows=v.data_rows.filter(keep), n_forgotten=v.n_forgotten + forgotten,
+    )
+
+
+def _without_forgotten(src: _Source, v: Validated, hashes: set[str]) -> Validated:
+    """Take the rows of forgotten users out (accepted or bad: they are neither written, nor set
+    aside, nor reported), counting them in ``n_forgotten``."""
+    if not hashes or C.User not in src.work.columns:
+        return v
+    accepted, n_accepted = drop_forgotten(v.data.with_row_index("__i__"), hashes, C.User)
+    others = pl.concat([v.bad_rows, v.duplicate_rows]).implode()
+    bad = src.work.select(pl.col(ROW).cast(pl.Int64).alias("row"), C.User).filter(pl.col("row").is_in(others))
+    kept, n_bad = drop_forgotten(bad, hashes, C.User)
+    if n_accepted + n_bad == 0:
+        return v
+    gone = bad.filter(~pl.col("row").is_in(kept["row"].implode()))["row"]
+    keep = pl.int_range(v.data.height, eager=True).is_in(accepted["__i__"].cast(pl.Int64).implode())
+    return _filtered(v, keep, drop_rows=gone, forgotten=n_accepted + n_bad)
+
+
+def _set_aside_existing(table: str, existing: pl.DataFrame, label: str, v: Validated) -> tuple[Validated, pl.Series]:
+    """For --append: which accepted rows are already in the table (returned as a mask over the
+    new data: skipped, counted); for items and users, a known id with other values is a bad row."""
+    dup = rows_already_in(existing, v.data, APPEND_KEY.get(table))
+    key = ENTITY_KEY.get(table)
+    if key is None:
+        return v, dup
+    clash = ~dup & v.data[key].is_in(existing[key].implode())
+    if not clash.any():
+        return v, dup
+    reason = f"{key} already in {label} with other values (--append adds new {key}s only; --replace replaces the table)"
+    problems = pl.DataFrame(
+        {
+            "row": v.data_rows.filter(clash),
+            "field": [key] * int(clash.sum()),
+            "value": v.data[key].filter(clash),
+            "reason": [reason] * int(clash.sum()),
+            "kind": [f"{key} already in the table"] * int(clash.sum()),
+        },
+        schema=PROBLEM_SCHEMA,
+    )
+    return _filtered(v, ~clash, problems=problems), dup.filter(~clash)
+
+
+def _validate_all(
+    settings: Settings, sources: dict[str, _Source], progress: Progress, kept_items: tuple[str, pl.Series] | None
+) -> dict[str, Validated]:
+    """Validate every table; events are checked against the items the folder will hold: those
+    imported now and ``kept_items`` (label, ids) from the folder's items table."""
     results: dict[str, Validated] = {}
     now = datetime.now(timezone.utc)
     for table in TABLE_ORDER:
         src = sources.get(table)
         if src is None:
             continue
-        known = None
-        if table == "events" and "items" in results:
-            known = results["items"].data[C.Item]
+        known, labels = [], []
+        if table == "events":
+            if "items" in results:
+                known.append(results["items"].data[C.Item])
+                labels.append(sources["items"].label)
+            if kept_items is not None:
+                known.append(kept_items[1])
+                labels.append(kept_items[0])
         with progress.step(f"validate {table} ({src.work.height:,} rows)"):
             results[table] = validate_table(
                 table,
@@ -364,12 +709,28 @@ def _validate_all(settings: Settings, sources: dict[str, _Source], progress: Pro
                 src.raw,
                 settings,
                 src.options,
-                known_items=known,
-                items_label=sources["items"].label if known is not None else None,
+                known_items=pl.concat(known) if known else None,
+                items_label=" or ".join(labels) if labels else None,
                 extra_problems=src.extra_problems,
                 now=now,
             )
     return results
+
+
+def _empty_table_message(table: str, src: _Source, v: Validated) -> str:
+    if v.n_read == 0:
+        why = f"{src.label} has no data rows"
+    else:
+        parts = [
+            f"{n:,} {what}"
+            for n, what in ((v.n_quarantined, "with problems"), (v.n_deduplicated, "exact duplicate(s)"), (v.n_forgotten, "of forgotten users"))
+            if n
+        ]
+        why = f"none of the {v.n_read:,} rows of {src.label} can be imported ({', '.join(parts)})"
+    return (
+        f"import refused, nothing was written: {why}, so the {table} table would be empty "
+        f"(storerec needs at least one event and one item)"
+    )
 
 
 def _finish(
@@ -383,30 +744,64 @@ def _finish(
     max_report: int,
     progress: Progress,
     started: float,
+    mode: Mode | None,
+    held: dict[str, int],
 ) -> ImportSummary:
     """Validate, then refuse (raise) or write everything; nothing is written before all checks pass."""
-    results = _validate_all(settings, sources, progress)
+    data_dir = Path(data_dir)
+    existing: dict[str, pl.DataFrame] = {}
+    if mode == "append":
+        existing = {t: _read_existing(data_dir, t) for t in sources if t in held}
+    kept_items = None
+    items_path = table_path(data_dir, "items")
+    if "events" in sources and items_path.exists() and ("items" not in sources or mode == "append"):
+        items = existing["items"] if "items" in existing else _read_existing(data_dir, "items")
+        kept_items = (str(items_path), items[C.Item])
+
+    results = _validate_all(settings, sources, progress, kept_items)
+    hashes = forgotten_hashes(data_dir)
+    duplicates: dict[str, pl.Series] = {}
+    for t in list(results):
+        results[t] = _without_forgotten(sources[t], results[t], hashes)
+        if t in existing:
+            results[t], duplicates[t] = _set_aside_existing(t, existing[t], str(table_path(data_dir, t)), results[t])
     ordered = [t for t in TABLES if t in results]
     bad = [t for t in ordered if results[t].n_quarantined or results[t].n_deduplicated]
     if bad and not quarantine:
         reports = [_report(sources[t], results[t], max_report) for t in bad]
         raise ImportRejected("import refused, nothing was written:\n" + "\n".join(reports) + f"\n{HINT}")
 
-    data_dir = Path(data_dir)
+    tables: dict[str, pl.DataFrame] = {}
+    for t in ordered:
+        new = results[t].data
+        if t in existing:
+            tables[t] = pl.concat([existing[t], new.filter(~duplicates[t])])
+        else:
+            tables[t] = new
+        if t in NONEMPTY_TABLES and tables[t].height == 0:
+            raise UserError(_empty_table_message(t, sources[t], results[t]))
+
     imported_at = datetime.now(timezone.utc)
     stamp = imported_at.strftime("%Y%m%dT%H%M%SZ")
-    summaries = {
-        t: TableSummary(
+    summaries = {}
+    for t in ordered:
+        v = results[t]
+        n_dup = int(duplicates[t].sum()) if t in duplicates else 0
+        summaries[t] = TableSummary(
             table=t,
             source=sources[t].label,
-            read=results[t].n_read,
-            accepted=results[t].n_accepted,
-            quarantined=results[t].n_quarantined,
-            deduplicated=results[t].n_deduplicated,
+            read=v.n_read,
+            accepted=v.n_accepted,
+            quarantined=v.n_quarantined,
+            deduplicated=v.n_deduplicated,
+            forgotten=v.n_forgotten,
+            mode=(mode or "new") if t in held else "new",
+            before=held.get(t, 0),
+            after=tables[t].height,
+            appended=v.n_accepted - n_dup if t in existing else 0,
+            existing_duplicates=n_dup,
             ignored_columns=sources[t].ignored,
         )
-        for t in ordered
-    }
     written: list[Path] = []
     try:
         with progress.step("write"):
@@ -416,7 +811,7 @@ def _finish(
                 written.append(path)
                 summaries[t].quarantine_file = path
                 summaries[t].reasons = _reason_counts(sources[t], results[t].problems)
-            paths = write_tables(data_dir, {t: results[t].data for t in ordered})
+            paths = write_tables(data_dir, tables)
     except BaseException:
         # The tables were not replaced: take the quarantine files back too, so nothing changed.
         for path in written:
@@ -438,6 +833,7 @@ def _finish(
         "kind": kind,
         "imported_at": imported_at.isoformat().replace("+00:00", "Z"),
         "mapping": str(mapping) if mapping else None,
+        "mode": mode or "new",
         "tables": {t: s.to_json() for t, s in summaries.items()},
     }
     write_text_atomic(data_dir / IMPORT_RECORD, json.dumps(record, indent=2) + "\n")
@@ -459,6 +855,7 @@ def import_files(
     quarantine: bool,
     max_report: int,
     progress: Progress,
+    mode: Mode | None = None,
 ) -> ImportSummary:
     """Validate CSV/Parquet files and import them into ``data_dir`` as Parquet.
 
@@ -480,6 +877,10 @@ def import_files(
         Bad rows listed per table in a refusal.
     progress
         Step timings.
+    mode
+        What to do with a table the folder already holds: ``"append"`` adds the new rows
+        (rows already in it are skipped and counted; for items and users a known id with
+        other values is a bad row), ``"replace"`` replaces it; ``None`` refuses the import.
 
     Returns
     -------
@@ -490,9 +891,12 @@ def import_files(
     ImportRejected
         Bad rows without ``quarantine``; the message is the report. ``data_dir`` is unchanged.
     UserError
-        Unreadable/missing file, bad mapping, missing required column.
+        A table to import is already in ``data_dir`` and ``mode`` is None; the events or items
+        table would end up empty; unreadable/missing file, bad mapping, missing required column.
     """
     started = time.perf_counter()
+    chosen = [t for t, p in (("events", events), ("items", items), ("users", users)) if p is not None]
+    held = _existing_tables(Path(data_dir), chosen, mode)
     maps = load_mapping(mapping, settings)
     sources: dict[str, _Source] = {}
     for table, path in (("events", events), ("items", items), ("users", users)):
@@ -503,7 +907,7 @@ def import_files(
         raise UserError("nothing to import: give at least one of events, items, users")
     return _finish(
         settings, data_dir, sources, kind="files", mapping=mapping, quarantine=quarantine,
-        max_report=max_report, progress=progress, started=started,
+        max_report=max_report, progress=progress, started=started, mode=mode, held=held,
     )
 
 
@@ -515,9 +919,10 @@ def _ml_read(path: Path, names: list[str], sep: str, *, encoding: str = "utf-8")
         data = path.read_bytes().decode(encoding).encode("utf-8")
         df = pl.read_csv(io.BytesIO(data), separator=sep, has_header=False, infer_schema=False, quote_char=None)
     except UnicodeDecodeError as exc:
-        raise UserError(f"{path} is not valid {encoding}: {exc}") from exc
+        line = path.read_bytes().count(b"\n", 0, exc.start) + 1
+        raise UserError(f"{path}: invalid {encoding} at byte {exc.start} (line {line}): is it the MovieLens-100K file?") from exc
     except pl.exceptions.PolarsError as exc:
-        raise UserError(f"cannot read {path}: {exc}") from exc
+        raise UserError(f"cannot read {path}: {_polars_message(exc)}") from exc
     if df.width != len(names):
         raise UserError(f"{path}: expected {len(names)} fields separated by {sep!r}, found {df.width}")
     return df.rename(dict(zip(df.columns, names))).with_row_index(ROW, offset=1)
@@ -541,7 +946,8 @@ def _age_band(age: pl.Expr) -> pl.Expr:
 
 
 def import_movielens(
-    settings: Settings, ml_dir: Path, data_dir: Path, *, quarantine: bool, max_report: int, progress: Progress
+    settings: Settings, ml_dir: Path, data_dir: Path, *, quarantine: bool, max_report: int, progress: Progress,
+    mode: Mode | None = None,
 ) -> ImportSummary:
     """Import a MovieLens-100K folder (``u.data``, ``u.item``, ``u.user``, ``u.genre``).
 
@@ -549,17 +955,20 @@ def import_movielens(
     category ``Movies > <first genre>`` tagged with all their genres, created at the release
     date; users get an age band, ``US-<first zip digit>`` region and, since MovieLens has no
     sign-up time, ``signup_at`` = their first rating. Rows go through the same validation as
-    :func:`import_files`.
+    :func:`import_files`, and the same rules for tables already in ``data_dir`` (``mode``) and
+    for rows of forgotten users.
 
     Raises
     ------
     UserError
-        A file is missing or malformed; :class:`ImportRejected` for bad rows without ``quarantine``.
+        A file is missing or malformed; tables already in ``data_dir`` and ``mode`` is None;
+        :class:`ImportRejected` for bad rows without ``quarantine``.
     """
     started = time.perf_counter()
     ml_dir = Path(ml_dir)
     if not ml_dir.is_dir():
         raise UserError(f"MovieLens folder {ml_dir} does not exist")
+    held = _existing_tables(Path(data_dir), list(TABLES), mode)
     with progress.step(f"read MovieLens from {ml_dir}"):
         genres = _ml_genres(ml_dir / "u.genre")
         ratings = _ml_read(ml_dir / "u.data", ["user_id", "item_id", "rating", "unix_timestamp"], "\t")
@@ -609,18 +1018,19 @@ def import_movielens(
         return _Source(table, str(ml_dir / label), work, raw, names, kw.pop("options", ParseOptions()), 0, **kw)
 
     flags = f"genre flags ({len(genres)} columns)"
+    unix = ParseOptions(timestamp_unit="s")  # u.data's times (and signup_at, from them) are unix seconds
     sources = {
-        "events": src("events", "u.data", events, ratings, {C.Timestamp: "unix_timestamp", C.Value: "rating"}),
+        "events": src("events", "u.data", events, ratings, {C.Timestamp: "unix_timestamp", C.Value: "rating"}, options=unix),
         "items": src(
             "items", "u.item", items, movies, {C.CreatedAt: "release_date", C.Category: flags, C.Tags: flags},
             options=ParseOptions(timestamp_format="%d-%b-%Y"),
         ),
         "users": src(
-            "users", "u.user", users, people, {C.SignupAt: "first rating in u.data", C.Region: "zip_code"},
+            "users", "u.user", users, people, {C.SignupAt: "first rating in u.data", C.Region: "zip_code"}, options=unix,
             extra_problems=bad_age.select(pl.col(n).cast(t) for n, t in PROBLEM_SCHEMA.items()),
         ),
     }
     return _finish(
         settings, data_dir, sources, kind="movielens-100k", mapping=None, quarantine=quarantine,
-        max_report=max_report, progress=progress, started=started,
+        max_report=max_report, progress=progress, started=started, mode=mode, held=held,
     )

@@ -81,7 +81,27 @@ def read_table(data_dir: Path, table: str, *, lazy: bool = False) -> pl.DataFram
             f"{path} not found: create it with `storerec simulate` (built-in store) or "
             f"`storerec import` (your data), or point --data-dir / STOREREC__DATA__DIR at it"
         )
-    return pl.scan_parquet(path) if lazy else pl.read_parquet(path)
+    frame: pl.DataFrame | pl.LazyFrame = pl.scan_parquet(path) if lazy else pl.read_parquet(path)
+    return _without_forgotten(Path(data_dir), frame)
+
+
+def _without_forgotten(data_dir: Path, frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
+    """Rows of users erased with `storerec forget-user` never reach profiles, training or
+    serving, even from a table restored from an old backup (a cheap check: nothing to do unless
+    the erasure record exists)."""
+    from features.forget import forgotten_hashes, forgotten_ids
+
+    if not (data_dir / "forgotten.parquet").exists():
+        return frame
+    names = frame.collect_schema().names() if isinstance(frame, pl.LazyFrame) else frame.columns
+    if "user_id" not in names:
+        return frame
+    hashes = forgotten_hashes(data_dir)
+    users = frame.select(pl.col("user_id").unique()).collect() if isinstance(frame, pl.LazyFrame) else frame.select(pl.col("user_id").unique())
+    found = forgotten_ids(users["user_id"].drop_nulls().to_list(), hashes)
+    if not found:
+        return frame
+    return frame.filter(~pl.col("user_id").is_in(sorted(found)).fill_null(False))
 
 
 def has_table(data_dir: Path, table: str) -> bool:

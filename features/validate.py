@@ -9,6 +9,9 @@ expression over the whole table, so millions of rows take seconds; there is no p
 Exact duplicates (all source columns equal) are set apart first: the first copy is checked like
 any row, later copies are reported only as "exact duplicate of row N". This keeps the counts
 simple: every row read is exactly one of accepted, quarantined (>= 1 problem) or deduplicated.
+
+Numbers are never taken for times by guessing: a numeric time value needs the mapping's
+``timestamp_unit`` (seconds, milliseconds... since 1970-01-01 UTC); without it the row is bad.
 """
 
 from __future__ import annotations
@@ -51,8 +54,15 @@ _DEFAULT_FORMATS = (
     "%Y-%m-%dT%H:%M",
     "%Y-%m-%d %H:%M",
 )
-_UNIX = "unix seconds"
 _SAMPLE = 1_000
+
+# A time value written as a number (optionally signed, with a fraction or an exponent).
+NUMERIC = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+_INTEGER = r"^[+-]?\d{1,19}$"
+# timestamp_unit -> microseconds per unit (times are stored in microseconds).
+TIMESTAMP_UNITS = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}
+UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+_I64_MAX = 2**63 - 1
 
 _BOOLEANS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 _INT32_MAX = 2**31 - 1
@@ -68,8 +78,10 @@ class ParseOptions:
     Attributes
     ----------
     timestamp_format
-        strftime format of the table's time column; ``None``: ISO 8601 / RFC 3339, or unix
-        seconds when the value is all digits.
+        strftime format of the table's time column; ``None``: ISO 8601 / RFC 3339.
+    timestamp_unit
+        ``"s"``, ``"ms"``, ``"us"`` or ``"ns"``: the time column holds numbers of these units
+        since 1970-01-01 UTC. Without it a numeric time value is a bad row, never a guess.
     timezone
         IANA zone of naive times (times without an offset).
     event_types
@@ -77,6 +89,7 @@ class ParseOptions:
     """
 
     timestamp_format: str | None = None
+    timestamp_unit: str | None = None
     timezone: str = "UTC"
     event_types: dict[str, str] = field(default_factory=dict)
 
@@ -97,6 +110,11 @@ class Validated:
         Row numbers of exact-duplicate copies (the first copy is not among them).
     n_read
         Rows read.
+    data_rows
+        Row number of each row of ``data`` (same order).
+    n_forgotten
+        Rows of forgotten users taken out after validation (by the importer), whatever their
+        state: ``n_read == n_accepted + n_quarantined + n_deduplicated + n_forgotten``.
     """
 
     data: pl.DataFrame
@@ -104,6 +122,8 @@ class Validated:
     bad_rows: pl.Series
     duplicate_rows: pl.Series
     n_read: int
+    data_rows: pl.Series
+    n_forgotten: int = 0
 
     @property
     def n_accepted(self) -> int:
@@ -127,16 +147,33 @@ def check_timezone(name: str) -> None:
 
 
 def _attempt(s: pl.Series, fmt: str, tz: str) -> pl.Series:
-    if fmt == _UNIX:
-        secs = pl.when(s.str.contains(r"^\d{1,12}$")).then(s.cast(pl.Int64, strict=False))
-        return pl.select(pl.from_epoch(secs, "s").cast(pl.Datetime("us")).dt.replace_time_zone("UTC")).to_series()
     parsed = s.str.to_datetime(fmt, strict=False, time_unit="us")
     if parsed.dtype.time_zone is None:  # type: ignore[attr-defined]
         parsed = parsed.dt.replace_time_zone(tz, ambiguous="earliest", non_existent="null")
     return parsed.dt.convert_time_zone("UTC")
 
 
-def parse_datetime(values: pl.Series, fmt: str | None = None, tz: str = "UTC") -> pl.Series:
+def _from_epoch(s: pl.Series, unit: str) -> pl.Series:
+    """Numbers of ``unit`` since 1970-01-01 UTC -> UTC datetimes (microseconds); others null.
+
+    Whole numbers are converted exactly (no float rounding); fractions and exponents go through
+    float64 (sub-microsecond digits are dropped). Values outside the datetime range are null.
+    """
+    per = TIMESTAMP_UNITS[unit]
+    whole = s.str.contains(_INTEGER)
+    ints = pl.when(whole).then(s.cast(pl.Int64, strict=False))
+    if per >= 1:
+        limit = _I64_MAX // int(per)
+        exact = pl.when(ints.abs() <= limit).then(ints * int(per))
+    else:  # nanoseconds: floor to whole microseconds
+        exact = ints.floordiv(int(round(1 / per)))
+    num = pl.when(~whole & s.str.contains(NUMERIC)).then(s.cast(pl.Float64, strict=False) * per)
+    inexact = pl.when(num.is_finite() & (num.abs() < 9.2e18)).then(num.floor().cast(pl.Int64, strict=False))
+    micros = pl.coalesce(exact, inexact)
+    return pl.select(pl.from_epoch(micros, "us").dt.replace_time_zone("UTC")).to_series()
+
+
+def parse_datetime(values: pl.Series, fmt: str | None = None, tz: str = "UTC", unit: str | None = None) -> pl.Series:
     """Parse strings into ``Datetime("us", "UTC")``; unparsable values become null.
 
     Parameters
@@ -145,10 +182,14 @@ def parse_datetime(values: pl.Series, fmt: str | None = None, tz: str = "UTC") -
         String series.
     fmt
         strftime format; ``None`` accepts ISO 8601 / RFC 3339 (``2024-05-01``,
-        ``2024-05-01T10:00:00Z``, ``2024-05-01 10:00:00.123+02:00`` ...) and all-digit unix seconds.
+        ``2024-05-01T10:00:00Z``, ``2024-05-01 10:00:00.123+02:00`` ...). Numbers are not
+        dates here: they need ``unit``.
     tz
         Zone for naive times. Ambiguous local times (DST fall-back) take the earlier instant;
         non-existent ones (DST spring-forward) are unparsable.
+    unit
+        ``"s"``, ``"ms"``, ``"us"`` or ``"ns"``: the values are numbers of this unit since
+        1970-01-01 UTC (``fmt`` and ``tz`` are then not used); anything else is unparsable.
 
     Notes
     -----
@@ -156,10 +197,12 @@ def parse_datetime(values: pl.Series, fmt: str | None = None, tz: str = "UTC") -
     only on the values still unparsed, so a file in one format costs one parse of the column.
     """
     s = values.str.strip_chars()
+    if unit is not None:
+        return _from_epoch(s, unit).alias(values.name)
     if fmt is not None:
         return _attempt(s, fmt, tz).alias(values.name)
     sample = s.drop_nulls().head(_SAMPLE)
-    formats = sorted((_UNIX, *_DEFAULT_FORMATS), key=lambda f: -_attempt(sample, f, tz).count())
+    formats = sorted(_DEFAULT_FORMATS, key=lambda f: -_attempt(sample, f, tz).count())
     out = _attempt(s, formats[0], tz)
     for f in formats[1:]:
         todo = (out.is_null() & s.is_not_null()).arg_true()
@@ -206,10 +249,23 @@ def _parse(
         raw, v = pl.col(col), pl.col(_parsed(col))
         present = raw.is_not_null()
         if col == TIME_COLUMN[table]:
-            exprs.append(parse_datetime(work[col], options.timestamp_format, options.timezone).alias(_parsed(col)))
-            fmt = options.timestamp_format
-            hint = f"unparsable timestamp (expected {fmt!r})" if fmt else "unparsable timestamp"
-            checks.append(_Check(col, present & v.is_null(), _lit(hint), "unparsable timestamp"))
+            fmt, unit = options.timestamp_format, options.timestamp_unit
+            exprs.append(parse_datetime(work[col], fmt, options.timezone, unit).alias(_parsed(col)))
+            if unit is not None:
+                hint = f"unparsable timestamp (expected a number of {UNIT_NAMES[unit]} since 1970-01-01 UTC, as timestamp_unit = {unit!r} says)"
+            else:
+                hint = f"unparsable timestamp (expected {fmt!r})" if fmt else "unparsable timestamp"
+            unparsable = present & v.is_null()
+            if fmt is None and unit is None:
+                # A number is not taken for seconds (or days, or 1970) by guessing: the mapping says.
+                numeric = raw.str.strip_chars().str.contains(NUMERIC)
+                why = (
+                    f'a number, not a date: set timestamp_unit = "s" or "ms" (time since 1970-01-01 UTC) under [{table}] '
+                    f"in the mapping (--mapping), or timestamp_format if it is a date written as digits"
+                )
+                checks.append(_Check(col, numeric, _lit(why), "number without timestamp_unit"))
+                unparsable = unparsable & ~numeric
+            checks.append(_Check(col, unparsable, _lit(hint), "unparsable timestamp"))
             future = v > pl.lit(latest, dtype=UTC_DATETIME)
             checks.append(_Check(col, future, _lit("timestamp in the future"), "timestamp in the future"))
         elif col in (C.Quantity, C.Price, C.Value):
@@ -379,4 +435,7 @@ def validate_table(
     if C.InStock in values:
         values[C.InStock] = values[C.InStock].fill_null(True)  # schema default: in stock
     data = conform(good.select(e.alias(c) for c, e in values.items()), table)
-    return Validated(data=data, problems=problems, bad_rows=bad_rows, duplicate_rows=dup_rows, n_read=n_read)
+    return Validated(
+        data=data, problems=problems, bad_rows=bad_rows, duplicate_rows=dup_rows, n_read=n_read,
+        data_rows=good[ROW].rename("row"),
+    )

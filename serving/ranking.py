@@ -138,10 +138,14 @@ class Ranker:
         events: pl.DataFrame | None = None,
         *,
         context_weight: float = 0.5,
+        forgotten: frozenset[str] = frozenset(),
     ) -> None:
         assert model.items is not None and model.users is not None
         self.model = model
         self.context_weight = context_weight
+        # Users erased with `storerec forget-user` that this model still knows: served as unknown
+        # (cold), so neither their learned factors nor their history is used.
+        self.forgotten = forgotten
         items = model.items.external.tolist()
         table = item_table.join(pl.DataFrame({C.Item: items, "_i": np.arange(len(items))}), on=C.Item, how="right")
         table = table.sort("_i")
@@ -296,7 +300,7 @@ class Ranker:
         if filters.exclude_purchased and user_id is not None and user_id in self.purchased:
             valid[self.purchased[user_id]] = False
         if filters.exclude_seen and user_id is not None:
-            u = self.model.users.index_of(user_id)  # type: ignore[union-attr]
+            u = self.user_index(user_id)
             if u >= 0:
                 seen = self.model.seen  # the interactions the model was fitted on
                 valid[seen.indices[seen.indptr[u] : seen.indptr[u + 1]]] = False
@@ -370,6 +374,12 @@ class Ranker:
 
     # ---- personalised ranking -----------------------------------------------------------------
 
+    def user_index(self, user_id: str) -> int:
+        """The model's index of ``user_id``; -1 for unknown or forgotten users."""
+        if user_id in self.forgotten:
+            return -1
+        return self.model.users.index_of(user_id)  # type: ignore[union-attr]
+
     def rank(
         self,
         user_id: str,
@@ -379,7 +389,7 @@ class Ranker:
         diversity: Diversity = Diversity(),
     ) -> RankResult:
         model = self.model
-        u = model.users.index_of(user_id)  # type: ignore[union-attr]
+        u = self.user_index(user_id)
         group = model.group_of(u)
         kind = "hot" if group == "hot" else ("warm" if u >= 0 else "cold")
         served_by_model = group in ("hot", "warm")

@@ -167,7 +167,7 @@ class StoreRec:
         """Load what the service follows now (the control row: a worker restarted after a
         reload joins the others), else ``serving.model``; set up the sync with the workers."""
         cfg = self.settings.serving
-        self.control = ControlStore(cfg.control_url, service_key(self.settings.mlflow.registered_model, cfg.host, cfg.port))
+        self.control = ControlStore(cfg.control_url, service_key(self.settings.registered_model_name(), cfg.host, cfg.port))
         row = self.control.read()
         follows, generation, error = (row.ref, row.generation, None) if row is not None else (cfg.model, 0, None)
         try:
@@ -202,7 +202,7 @@ class StoreRec:
 
         if self._mlflow_client is None:
             self._mlflow_client = MlflowClient(tracking_uri=self.settings.mlflow.resolved_tracking_uri())
-        return str(tracking.resolve_version(self._mlflow_client, self.settings.mlflow.registered_model, ref).version)
+        return str(tracking.resolve_version(self._mlflow_client, self.settings.registered_model_name(), ref).version)
 
     def control_status(self) -> dict[str, Any]:
         """This worker's view (for ``GET /readyz``; no I/O): ``generation`` applied,
@@ -348,7 +348,7 @@ class StoreRec:
         req = ScoreRequest.model_construct(**kw)  # validated by BentoML against input_spec
         state = self._current().default
         model = state.ranker.model
-        scores = model.score_user(model.users.index_of(req.user_id))  # type: ignore[union-attr]
+        scores = model.score_user(state.ranker.user_index(req.user_id))
         if scores is None:
             return error_response(404, f"the {model.name} model cannot score this user_id (unknown user); use /recommend for cold start",
                                   field="user_id")

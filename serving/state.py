@@ -13,6 +13,7 @@ from typing import Any
 import polars as pl
 
 from features import io
+from features.forget import forgotten_hashes, forgotten_ids
 from models.base import ModelBase
 from serving.experiments import ExperimentConfig, load_experiments
 from serving.ranking import Ranker
@@ -38,9 +39,10 @@ def load(settings: Settings, ref: str | None = None, cache: dict[str, Loaded] | 
     """
     ref = ref or settings.serving.model
     client = tracking.configure(settings.mlflow)
-    version = tracking.resolve_version(client, settings.mlflow.registered_model, ref)
-    if cache is not None and str(version.version) in cache:
-        return cache[str(version.version)]
+    version = tracking.resolve_version(client, settings.registered_model_name(), ref)
+    key = f"{version.name}/{version.version}"  # refs may name other registered models (storerec/3)
+    if cache is not None and key in cache:
+        return cache[key]
     # Everything is read into memory (ModelBase.load copies the npz arrays, the parquet file is
     # read from bytes, so nothing maps or holds a file in the folder), then the folder goes.
     tmp = Path(tempfile.mkdtemp(prefix="storerec-serve-"))
@@ -53,15 +55,21 @@ def load(settings: Settings, ref: str | None = None, cache: dict[str, Loaded] | 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     data_dir = settings.data.dir
+    # a version trained on another data set (its items are not this folder's) is refused: 409 on reload
+    tracking.check_catalogue(model, data_dir, label=tracking.version_label(version, ref), data=tracking.version_data(client, version))
     profiles_path = Path(data_dir) / "profiles" / "users.parquet"
     profiles = pl.read_parquet(profiles_path) if profiles_path.exists() else None
     events = io.read_table(data_dir, "events") if io.has_table(data_dir, "events") else None
     if profiles is None:
         log.warning("no user profiles at %s: reasons that need a profile are off", profiles_path)
-    ranker = Ranker(model, items, profiles, events, context_weight=settings.serving.context_weight)  # type: ignore[arg-type]
+    hashes = forgotten_hashes(Path(data_dir))
+    forgotten = frozenset(forgotten_ids(model.users.external.tolist(), hashes)) if hashes and model.users is not None else frozenset()
+    if forgotten:
+        log.info("%d forgotten user(s) in version %s are served as unknown users", len(forgotten), version.version)
+    ranker = Ranker(model, items, profiles, events, context_weight=settings.serving.context_weight, forgotten=forgotten)  # type: ignore[arg-type]
     loaded = Loaded(ranker, model.name, str(version.version))
     if cache is not None:
-        cache[loaded.version] = loaded
+        cache[key] = loaded
     return loaded
 
 

@@ -209,7 +209,7 @@ def ml100k_benchmark(settings: Any, ml_dir: Path, out: Path, *, trials: int = 20
     progress = Progress("bench-ml100k", quiet=quiet)
     s = _ml_settings(settings)
     data_dir = Path(out) / "ml100k"
-    import_movielens(s, Path(ml_dir), data_dir, quarantine=False, max_report=5, progress=Progress("import", quiet=True))
+    import_movielens(s, Path(ml_dir), data_dir, quarantine=False, max_report=5, progress=Progress("import", quiet=True), mode="replace")
     tables = Tables.load(data_dir)
     split = make_split(tables, s.training)
     # the inner (tuning) split works on the outer train events only

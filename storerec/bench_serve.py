@@ -97,7 +97,7 @@ def _registered(cfg: Path) -> bool:
     settings = load_settings(cfg, environ={})
     client = tracking.configure(settings.mlflow)
     try:
-        tracking.resolve_version(client, settings.mlflow.registered_model, "champion")
+        tracking.resolve_version(client, settings.registered_model_name(), "champion")
         return True
     except Exception:
         return False
@@ -123,7 +123,7 @@ def prepare_ml100k(root: Path, ml_dir: Path, log: Callable[[str], None]) -> Path
     cfg = _write_config(root, data, extra)
     if not _registered(cfg):
         log("ml-100k: import, features, train ALS, promote")
-        _cli(cfg, "import", "--movielens", str(ml_dir))
+        _cli(cfg, "import", "--movielens", str(ml_dir), "--replace")
         _cli(cfg, "features")
         _cli(cfg, "train", "--model", "als")
         _cli(cfg, "promote", "--version", "1")

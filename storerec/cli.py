@@ -34,7 +34,11 @@ class _State:
         return self._settings
 
     def data_dir(self, override: Path | None) -> Path:
-        return Path(override) if override else Path(self.settings.data.dir)
+        """The data folder in force (``--data-dir`` wins over data.dir; the settings follow it, so
+        the registered model name derived from the folder does too)."""
+        if override:
+            self.settings.data.dir = Path(override)
+        return Path(self.settings.data.dir)
 
 
 def _parse_as_of(value: str | None) -> datetime | None:
@@ -93,6 +97,8 @@ def cli(ctx: click.Context, config: Path | None, quiet: bool) -> None:
     help="Keep the good rows and write bad rows to <data-dir>/quarantine/ (default: refuse the import).",
 )
 @click.option("--max-report", default=20, show_default=True, help="Bad rows to print per table.")
+@click.option("--append", is_flag=True, help="Add the rows to the tables already in the data folder (rows already there are skipped).")
+@click.option("--replace", is_flag=True, help="Replace the tables already in the data folder.")
 @data_dir_option
 @click.pass_obj
 def import_cmd(
@@ -104,23 +110,31 @@ def import_cmd(
     movielens: Path | None,
     quarantine: bool,
     max_report: int,
+    append: bool,
+    replace: bool,
     data_dir: Path | None,
 ) -> None:
     """Validate and import events/items/users into the data folder as Parquet.
 
     Every bad row is reported with file, row, field, value and reason. By default a file with
     bad rows is refused and nothing changes; with --quarantine the bad rows go to a quarantine
-    file and the rest is imported. Outputs are written atomically.
+    file and the rest is imported. A table the data folder already holds is only changed with
+    --append or --replace. Outputs are written atomically.
     """
     from features.importer import import_files, import_movielens
     from storerec.progress import Progress
 
+    if append and replace:
+        raise click.UsageError("--append and --replace cannot be used together")
+    mode = "append" if append else "replace" if replace else None
     progress = Progress("import", quiet=state.quiet)
     out = state.data_dir(data_dir)
     if movielens is not None:
         if events or items or users or mapping:
             raise click.UsageError("--movielens cannot be combined with --events/--items/--users/--mapping")
-        summary = import_movielens(state.settings, movielens, out, quarantine=quarantine, max_report=max_report, progress=progress)
+        summary = import_movielens(
+            state.settings, movielens, out, quarantine=quarantine, max_report=max_report, progress=progress, mode=mode
+        )
     else:
         if not (events or items or users):
             raise click.UsageError("give at least one of --events, --items, --users (or --movielens DIR)")
@@ -134,6 +148,7 @@ def import_cmd(
             quarantine=quarantine,
             max_report=max_report,
             progress=progress,
+            mode=mode,
         )
     click.echo(summary.render())
 
@@ -293,32 +308,46 @@ def tune(state: _State, model: str, trials: int, grid: bool, seed: int, register
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--version", "version", required=True, help="Registered model version number.")
 @click.option("--alias", default="champion", show_default=True, help="Alias to point at it (champion, challenger, ...).")
+@data_dir_option
 @click.pass_obj
-def promote(state: _State, version: str, alias: str) -> None:
-    """Point an alias (champion by default) at a registered model version."""
+def promote(state: _State, version: str, alias: str, data_dir: Path | None) -> None:
+    """Point an alias (champion by default) at a registered model version (of the data folder's
+    registered model, storerec-<folder name> unless mlflow.registered_model is set)."""
     from training import tracking
 
+    state.data_dir(data_dir)
+    name = state.settings.registered_model_name()
     client = tracking.configure(state.settings.mlflow)
-    tracking.set_alias(client, state.settings.mlflow.registered_model, version, alias)
-    click.echo(f"{state.settings.mlflow.registered_model}@{alias} -> version {version}")
+    tracking.set_alias(client, name, version, alias)
+    click.echo(f"{name}@{alias} -> version {version}")
 
 
 @cli.command("models", context_settings=CONTEXT_SETTINGS)
+@click.option("--containing-forgotten", is_flag=True,
+              help="Only the versions whose id maps still hold a user erased with `storerec forget-user` (retrain them out: see README).")
+@data_dir_option
 @click.pass_obj
-def models_cmd(state: _State) -> None:
-    """List registered model versions with aliases and headline metrics."""
+def models_cmd(state: _State, containing_forgotten: bool, data_dir: Path | None) -> None:
+    """List registered model versions with aliases, headline metrics and the data set each was
+    trained on (folder name and fingerprint; * marks another folder than the one in force)."""
     from training import tracking
 
+    folder = state.data_dir(data_dir)
     client = tracking.configure(state.settings.mlflow)
-    rows = tracking.list_versions(client, state.settings.mlflow.registered_model)
-    if not rows:
-        click.echo("no registered versions yet: run `storerec train --model als` (or `make run`)")
+    name = state.settings.registered_model_name()
+    if containing_forgotten:
+        from storerec.forget import versions_containing_forgotten
+
+        rows = versions_containing_forgotten(client, name, folder)
+        if not rows:
+            click.echo(f"no version of {name} holds a forgotten user")
+            return
+        click.echo(f"versions of {name} that still hold forgotten users (train again, promote, then delete these):")
+        for r in rows:
+            held = "unreadable" if r["forgotten_users"] is None else f"{r['forgotten_users']} forgotten user(s)"
+            click.echo(f"  version {r['version']}{' [' + r['aliases'] + ']' if r['aliases'] else ''}: {held}")
         return
-    fmt = "{:>7}  {:<20} {:<11} {:>8} {:>9} {:>11}  {}"
-    click.echo(fmt.format("version", "aliases", "model", "ndcg@10", "recall@10", "coverage@10", "run_id"))
-    for r in rows:
-        num = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-        click.echo(fmt.format(r["version"], r["aliases"] or "-", r["model"], num(r["ndcg@10"]), num(r["recall@10"]), num(r["coverage@10"]), r["run_id"]))
+    click.echo(tracking.render_versions(client, name, folder))
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
@@ -355,11 +384,11 @@ def evaluate(
 
 
 @cli.command("recommend-batch", context_settings=CONTEXT_SETTINGS)
-@click.option("--model", "model_ref", default="champion", show_default=True, help="Version: 3, champion, storerec@champion.")
-@click.option("--users", "users_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="CSV/Parquet with user_id, or a text file with one id per line.")
+@click.option("--model", "model_ref", default="champion", show_default=True, help="Version: 3, champion, or another registered model's: storerec@champion, storerec/3.")
+@click.option("--users", "users_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="CSV/Parquet with user_id, or a text file with one id per line (default: every user of the data folder).")
 @click.option("--segment", default=None, help="Only users of this lifecycle segment (new, active, dormant, churned).")
 @click.option("--k", type=click.IntRange(1, 1000), default=10, show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output Parquet file.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output file: .parquet (Parquet) or .csv (CSV).")
 @data_dir_option
 @click.pass_obj
 def recommend_batch(state: _State, model_ref: str, users_file: Path | None, segment: str | None, k: int, out: Path, data_dir: Path | None) -> None:
@@ -464,8 +493,11 @@ def serve(state: _State, host: str | None, port: int | None, model_ref: str | No
 
     settings = state.settings
     ref = model_ref or settings.serving.model
+    folder = state.data_dir(data_dir).resolve()
+    name = settings.registered_model_name()
     client = tracking.configure(settings.mlflow)
-    version = tracking.resolve_version(client, settings.mlflow.registered_model, ref)  # clear error if none
+    version = tracking.resolve_version(client, name, ref)  # clear error if none
+    tracking.check_version_for_folder(client, version, folder, ref)  # refuses a version trained on another data set
     from serving.experiments import load_experiments
 
     experiments = load_experiments(settings.experiments.file)  # a broken file stops us here, with the reason
@@ -478,7 +510,7 @@ def serve(state: _State, host: str | None, port: int | None, model_ref: str | No
         click.echo(note)
     env = dict(os.environ)
     env["STOREREC__SERVING__MODEL"] = ref
-    env["STOREREC__DATA__DIR"] = str(state.data_dir(data_dir).resolve())
+    env["STOREREC__DATA__DIR"] = str(folder)
     env["STOREREC__MLFLOW__TRACKING_URI"] = settings.mlflow.resolved_tracking_uri()
     if workers:
         env["STOREREC__SERVING__WORKERS"] = str(workers)
@@ -495,14 +527,14 @@ def serve(state: _State, host: str | None, port: int | None, model_ref: str | No
     # The workers share this store to serve one version (serving/control.py); a new start
     # serves `ref`, whatever an earlier run was reloaded to.
     control_url = absolute_url(settings.serving.control_url)
-    control = ControlStore(control_url, service_key(settings.mlflow.registered_model, host, port))
+    control = ControlStore(control_url, service_key(name, host, port))
     if control.reset(ref, str(version.version)) is None:
         click.echo(f"warning: {control.error}; a reload will reach only the worker that takes it", err=True)
     control.close()
     env["STOREREC__SERVING__CONTROL_URL"] = control_url
     env["STOREREC__SERVING__HOST"] = host
     env["STOREREC__SERVING__PORT"] = str(port)
-    click.echo(f"serving {settings.mlflow.registered_model} version {version.version} ({ref}) on http://{host}:{port} (docs: /docs)")
+    click.echo(f"serving {name} version {version.version} ({ref}) on http://{host}:{port} (docs: /docs)")
     if not settings.serving.admin_token:
         import secrets
 
@@ -514,6 +546,32 @@ def serve(state: _State, host: str | None, port: int | None, model_ref: str | No
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvpe(cmd[0], cmd, env)
+
+
+@cli.command("forget-user", context_settings=CONTEXT_SETTINGS)
+@click.argument("user_ids", nargs=-1)
+@click.option("--from-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="More ids: one per line, or a CSV/Parquet file with a user_id column.")
+@click.option("--eventlog-url", default=None, help="Event log to clean too (default: eventlog.url).")
+@click.option("--no-eventlog", is_flag=True, help="Leave the event log alone (e.g. cleaned separately).")
+@data_dir_option
+@click.pass_obj
+def forget_user(state: _State, user_ids: tuple[str, ...], from_file: Path | None, eventlog_url: str | None,
+                no_eventlog: bool, data_dir: Path | None) -> None:
+    """Erase users: their rows in the data folder (events, users, profiles, simulator truth,
+    quarantine files) and in the event log, and record their hashed ids so that later imports
+    drop them again and the service serves them as unknown users after its next reload.
+
+    Registered model versions are not rewritten: `storerec models --containing-forgotten` lists
+    those that still hold a forgotten user (retrain, promote, then delete them; see README).
+    """
+    from storerec.forget import forget_users, read_ids
+
+    ids = read_ids(user_ids, from_file)
+    url = None if no_eventlog else (eventlog_url or state.settings.eventlog.url)
+    report = forget_users(state.data_dir(data_dir), ids, url)
+    click.echo(report.render())
+    click.echo("next: POST /admin/reload on a running service; `storerec models --containing-forgotten` lists versions to retrain")
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
@@ -649,11 +707,11 @@ def replay(state: _State, ref_a: str, ref_b: str, out: Path | None, data_dir: Pa
 @click.pass_obj
 def export_events(state: _State, out: Path, eventlog_url: str | None) -> None:
     """Export logged shopper events in the events table format (click -> view, cart -> cart,
-    purchase -> purchase with its revenue as price), ready for `storerec import --events`."""
+    purchase -> purchase with its revenue as price), ready for `storerec import --append --events`."""
     from serving.export import export_events as run_export
 
     n = run_export(eventlog_url or state.settings.eventlog.url, out)
-    click.echo(f"{n} events written to {out}; add them with `storerec import --events {out}` (together with your other events)")
+    click.echo(f"{n} events written to {out}; add them to your events with `storerec import --append --events {out}`")
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

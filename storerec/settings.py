@@ -4,8 +4,9 @@ Settings come from, in increasing priority:
 
 1. the defaults below;
 2. a TOML file: ``--config FILE``, else ``$STOREREC_CONFIG``, else ``./configs/storerec.toml`` if present;
-3. environment variables ``STOREREC__<SECTION>__<KEY>`` (values parsed as JSON when they are
-   valid JSON, else taken as strings), e.g. ``STOREREC__DATA__DIR=/srv/data``.
+3. environment variables ``STOREREC__<SECTION>__<KEY>``, e.g. ``STOREREC__DATA__DIR=/srv/data``:
+   text settings take the value as it is (``STOREREC__SERVING__MODEL=6`` is the string ``"6"``),
+   others parse it as JSON when it is valid JSON (numbers, booleans, lists, tables), else as text.
 
 Nothing is read at import time: call :func:`load_settings` (or :func:`get_settings`, which
 caches) when settings are needed.
@@ -18,7 +19,9 @@ import os
 import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+import re
+import types
+from typing import Any, Literal, Union, get_args, get_origin
 
 from storerec.errors import UserError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -126,7 +129,12 @@ class MlflowSettings(_Section):
         None, description="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db."
     )
     artifact_root: Path = Field(Path("mlruns/artifacts"))
-    registered_model: str = "storerec"
+    registered_model: str | None = Field(
+        None,
+        description="Registered model name; default storerec-<data folder name> (one per data folder, "
+        "see Settings.registered_model_name). Set it to share one name across folders (e.g. \"storerec\" for a store "
+        "made before names per folder).",
+    )
     experiment: str = "storerec"
 
     def resolved_tracking_uri(self) -> str:
@@ -245,15 +253,56 @@ class Settings(_Section):
     eventlog: EventLogSettings = Field(default_factory=EventLogSettings)
     frequency_cap: FrequencyCapSettings = Field(default_factory=FrequencyCapSettings)
 
+    def registered_model_name(self) -> str:
+        """The MLflow registered model in force: ``mlflow.registered_model`` when set, else
+        ``storerec-<data folder name>`` (see :func:`derived_model_name`), so versions trained on
+        different data folders never share version numbers or aliases."""
+        return self.mlflow.registered_model or derived_model_name(self.data.dir)
 
-def _parse_env_value(raw: str) -> Any:
+
+def derived_model_name(data_dir: str | Path) -> str:
+    """``storerec-<name of the data folder>``, reduced to letters, digits, ``_.-`` (MLflow-safe,
+    and free of the ``@`` and ``/`` that version references use): ``./data`` -> ``storerec-data``."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(data_dir).resolve().name).strip("-.")
+    return f"storerec-{name or 'data'}"
+
+
+def _is_text(annotation: Any) -> bool:
+    """A field holding text (str, Path, a Literal of strings, optionally None)."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        options = [a for a in get_args(annotation) if a is not type(None)]
+    else:
+        options = [annotation]
+    return bool(options) and all(
+        a in (str, Path) or (get_origin(a) is Literal and all(isinstance(v, str) for v in get_args(a))) for a in options
+    )
+
+
+def _field_annotation(path: list[str]) -> Any:
+    """The annotation of the settings field at ``path`` (None when no such field)."""
+    node: Any = Settings
+    annotation = None
+    for part in path:
+        fields = getattr(node, "model_fields", None)
+        if not isinstance(fields, dict) or part not in fields:
+            return None
+        annotation = node = fields[part].annotation
+    return annotation
+
+
+def _parse_env_value(raw: str, path: list[str] | None = None) -> Any:
+    """A variable's value for the field at ``path``: text fields take it as it is (``6`` stays
+    ``"6"``), other fields parse it as JSON when it is JSON (numbers, lists, tables)."""
+    if path is not None and _is_text(_field_annotation(path)):
+        return raw
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
         return raw
 
 
-def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+def _env_overrides(environ: dict[str, str], sources: dict[tuple[str, ...], str] | None = None) -> dict[str, Any]:
+    """``STOREREC__*`` variables as nested settings; ``sources`` collects dotted path -> variable."""
     out: dict[str, Any] = {}
     for key, raw in environ.items():
         if not key.startswith(ENV_PREFIX):
@@ -262,7 +311,11 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        node[path[-1]] = _parse_env_value(raw)
+            if not isinstance(node, dict):
+                raise SettingsError(f"{key} sets a key inside {'.'.join(path[:-1])}, which another {ENV_PREFIX}* variable sets as a whole")
+        node[path[-1]] = _parse_env_value(raw, path)
+        if sources is not None:
+            sources[tuple(path)] = key
     return out
 
 
@@ -303,13 +356,18 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
             raw = tomllib.loads(file.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"config file {file} is not valid TOML: {exc}") from exc
-    raw = _merge(raw, _env_overrides(environ))
+    sources: dict[tuple[str, ...], str] = {}
+    raw = _merge(raw, _env_overrides(environ, sources))
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:
         source = f"config file {file}" if file else "defaults"
         lines = [f"invalid settings (from {source} and {ENV_PREFIX}* variables):"]
         for err in exc.errors():
-            field = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  {field}: {err['msg']} (got {err.get('input')!r})")
+            loc = tuple(str(p) for p in err["loc"])
+            field = ".".join(loc)
+            # the variables that set this field (or, for a rule over a section, a field in it)
+            names = [var for path, var in sorted(sources.items()) if path[: len(loc)] == loc or loc[: len(path)] == path]
+            where = f" from {', '.join(names)}" if names else ""
+            lines.append(f"  {field}: {err['msg']} (got {err.get('input')!r}{where})")
         raise SettingsError("\n".join(lines)) from exc

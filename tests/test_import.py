@@ -25,7 +25,7 @@ EVENTS_HEADER = "user_id,item_id,event_type,timestamp,quantity,price,session_id,
 GOOD_EVENTS = [
     "u2,i1,view,2024-03-01T10:00:00Z,,,s1,",
     "u1,i2,purchase,2024-03-01 11:30:00+02:00,2,9.99,s1,",
-    "u1,i1,cart,1709287200,1,,,",
+    "u1,i1,cart,2024-03-01T11:00:00+01:00,1,,,",
     "u3,i2,rating,2024-03-02,,,,4.5",
 ]
 ITEMS_HEADER = "item_id,title,category,brand,price,tags,created_at,in_stock"
@@ -74,7 +74,7 @@ def test_good_import_has_exact_dtypes_order_and_values(tmp_path: Path) -> None:
     assert ev[C.Timestamp].to_list() == [
         datetime(2024, 3, 1, 10, tzinfo=timezone.utc),
         datetime(2024, 3, 1, 9, 30, tzinfo=timezone.utc),  # +02:00 converted to UTC
-        datetime(2024, 3, 1, 10, tzinfo=timezone.utc),  # unix seconds
+        datetime(2024, 3, 1, 10, tzinfo=timezone.utc),  # +01:00
         datetime(2024, 3, 2, tzinfo=timezone.utc),
     ]
     assert ev[C.Quantity].to_list() == [1, 2, 1, 1]  # empty -> default 1
@@ -113,21 +113,20 @@ def test_parse_datetime_formats() -> None:
             "2024-05-01T10:00:00",
             "2024-05-01 10:00:00.250Z",
             "2024-05-01T12:00:00+0200",
-            "1714557600",
+            "1714557600",  # a number is not a date without a unit
             "01/05/2024",
             None,
         ]
     )
     got = parse_datetime(values).to_list()
     utc = timezone.utc
-    assert got[:5] == [
+    assert got[:4] == [
         datetime(2024, 5, 1, tzinfo=utc),
         datetime(2024, 5, 1, 10, tzinfo=utc),
         datetime(2024, 5, 1, 10, 0, 0, 250000, tzinfo=utc),
         datetime(2024, 5, 1, 10, tzinfo=utc),
-        datetime(2024, 5, 1, 10, tzinfo=utc),
     ]
-    assert got[5] is None and got[6] is None
+    assert got[4:] == [None, None, None]
     paris = parse_datetime(pl.Series(["2024-07-01 12:00"]), tz="Europe/Paris").to_list()
     assert paris == [datetime(2024, 7, 1, 10, tzinfo=utc)]  # naive times are local to the zone
     assert parse_datetime(pl.Series(["01/05/2024"]), "%d/%m/%Y").to_list() == [datetime(2024, 5, 1, tzinfo=utc)]
@@ -270,9 +269,13 @@ def test_refused_import_leaves_data_folder_byte_identical(tmp_path: Path) -> Non
     good_items = _csv(tmp_path / "items2.csv", ITEMS_HEADER, GOOD_ITEMS + ["i3,Cup,Home,,1,,,"])
     bad_events = _csv(tmp_path / "events2.csv", EVENTS_HEADER, [*GOOD_EVENTS, "u1,i1,view,not-a-time,1,,,"])
     with pytest.raises(ImportRejected):
-        _import(tmp_path, events=bad_events, items=good_items)
+        _import(tmp_path, events=bad_events, items=good_items, mode="replace")
+    with pytest.raises(ImportRejected):
+        _import(tmp_path, events=bad_events, items=good_items, mode="append")
     with pytest.raises(UserError):
-        _import(tmp_path, events=bad_events, items=tmp_path / "missing.csv")
+        _import(tmp_path, events=bad_events, items=tmp_path / "missing.csv", mode="replace")
+    with pytest.raises(UserError, match="already holds"):
+        _import(tmp_path, events=good_items)  # the folder holds the table: neither --append nor --replace
     assert _snapshot(data) == before
 
 
@@ -287,7 +290,7 @@ def test_failed_write_takes_quarantine_files_back(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr("features.importer.write_tables", broken)
     bad = _csv(tmp_path / "bad.csv", EVENTS_HEADER, [*GOOD_EVENTS, ",i1,view,2024-01-01,1,,,"])
     with pytest.raises(OSError):
-        _import(tmp_path, events=bad, quarantine=True)
+        _import(tmp_path, events=bad, quarantine=True, mode="replace")
     assert _snapshot(tmp_path / "data") == before
     assert not (tmp_path / "data" / "quarantine").exists()
 
@@ -515,3 +518,386 @@ def test_installed_command_imports_files(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "accepted 4" in proc.stdout and "[import] validate events" in proc.stderr
     assert read_table(out, "events").height == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue #11: a data folder that holds tables is only changed with --append or --replace
+
+
+def _store(tmp_path: Path, events: list[str] | None = None) -> Path:
+    """A data folder with an imported items table (i1, i2) and events."""
+    ev = _csv(tmp_path / "store-events.csv", EVENTS_HEADER, events or GOOD_EVENTS)
+    it = _csv(tmp_path / "store-items.csv", ITEMS_HEADER, GOOD_ITEMS)
+    _import(tmp_path, events=ev, items=it)
+    return tmp_path / "data"
+
+
+def _err_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_import_into_a_folder_with_the_table_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _store(tmp_path)
+    before = _snapshot(data)
+    logged = _csv(tmp_path / "logged.csv", EVENTS_HEADER, ["u9,i1,view,2024-04-01,1,,,"])
+    assert main(["-q", "import", "--events", str(logged), "--data-dir", str(data)]) == 2
+    line = _err_line(capsys)
+    assert f"{data / 'events.parquet'} already holds the events table (4 rows)" in line
+    assert "--append" in line and "--replace" in line
+    assert _snapshot(data) == before
+    # Both at once is a usage error; nothing changes either.
+    assert main(["-q", "import", "--events", str(logged), "--data-dir", str(data), "--append", "--replace"]) == 2
+    assert "--append and --replace cannot be used together" in capsys.readouterr().err
+    assert _snapshot(data) == before
+
+
+def test_append_adds_rows_and_skips_rows_already_there(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _store(tmp_path)
+    old = read_table(data, "events")
+    logged = _csv(
+        tmp_path / "logged.csv",
+        EVENTS_HEADER,
+        [GOOD_EVENTS[0], "u9,i1,view,2024-04-01T00:00:00Z,1,,,", GOOD_EVENTS[1], "u9,i2,cart,2024-04-01T00:05:00Z,1,,,"],
+    )
+    assert main(["-q", "import", "--append", "--events", str(logged), "--data-dir", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "rows: 4 before, 6 after (appended 2; 2 duplicate(s) of rows already in the table skipped)" in out
+    ev = read_table(data, "events")
+    assert ev.head(4).equals(old)  # history kept, in its order; new rows after it
+    assert ev[C.User].to_list()[4:] == ["u9", "u9"]
+    assert read_table(data, "items").height == 2  # not part of this import: unchanged
+    record = json.loads((data / "import.json").read_text())
+    t = record["tables"]["events"]
+    assert (record["mode"], t["rows_before"], t["rows_after"], t["appended"], t["duplicates_of_existing"]) == ("append", 4, 6, 2, 2)
+    # The same file again appends nothing.
+    assert main(["-q", "import", "--append", "--events", str(logged), "--data-dir", str(data)]) == 0
+    assert "rows: 6 before, 6 after (appended 0; 4 duplicate(s)" in capsys.readouterr().out
+
+
+def test_export_events_suggests_append_and_that_command_keeps_history(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from serving.eventlog import EventLog, upgrade
+
+    data = _store(tmp_path)
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    upgrade(url)
+    log = EventLog(url, flush_ms=5)
+    ts = datetime(2024, 4, 2, tzinfo=timezone.utc)
+    rows = [
+        {"event_id": "e1", "ts": ts, "request_id": "r", "user_id": "u7", "session_id": "s", "item_id": "i1", "event_type": "click", "revenue": 0.0},
+        {"event_id": "e2", "ts": ts, "request_id": "r", "user_id": "u7", "session_id": "s", "item_id": "i2", "event_type": "purchase", "revenue": 4.5},
+    ]
+    assert log.store_feedback_sync(rows, 30) == 2
+    log.close()
+    out = tmp_path / "logged-events.parquet"
+    assert main(["-q", "export-events", "--eventlog-url", url, "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert f"storerec import --append --events {out}" in said
+    command = said.split("`")[1].split()  # run what it says
+    assert main(["-q", *command[1:], "--data-dir", str(data)]) == 0
+    assert "rows: 4 before, 6 after (appended 2" in capsys.readouterr().out
+    assert read_table(data, "events").height == 6
+
+
+def test_replace_replaces_and_says_so(tmp_path: Path) -> None:
+    data = _store(tmp_path)
+    new = _csv(tmp_path / "new.csv", EVENTS_HEADER, ["u9,i1,view,2024-04-01,1,,,"])
+    summary = _import(tmp_path, events=new, mode="replace")
+    assert read_table(data, "events")[C.User].to_list() == ["u9"]
+    assert "rows: 4 before, 1 after (table replaced)" in summary.render()
+    assert summary.tables["events"].mode == "replace"
+
+
+def test_an_import_that_would_leave_events_or_items_empty_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    header_only = _csv(tmp_path / "empty.csv", "user_id,item_id,event_type,timestamp", [])
+    fresh = tmp_path / "fresh"
+    assert main(["-q", "import", "--events", str(header_only), "--data-dir", str(fresh)]) == 2
+    line = _err_line(capsys)
+    assert f"{header_only} has no data rows" in line and "events table would be empty" in line
+    assert not fresh.exists()
+
+    data = _store(tmp_path)
+    before = _snapshot(data)
+    assert main(["-q", "import", "--replace", "--events", str(header_only), "--data-dir", str(data)]) == 2
+    assert "events table would be empty" in _err_line(capsys)
+    all_bad = _csv(tmp_path / "bad.csv", ITEMS_HEADER, [",x,Home,,,,,", "i1,x,,,,,,"])
+    assert main(["-q", "import", "--replace", "--quarantine", "--items", str(all_bad), "--data-dir", str(data)]) == 2
+    line = _err_line(capsys)
+    assert "none of the 2 rows" in line and "2 with problems" in line and "items table would be empty" in line
+    assert _snapshot(data) == before  # not even a quarantine file
+    # Appending nothing to a table with rows is harmless.
+    assert main(["-q", "import", "--append", "--events", str(header_only), "--data-dir", str(data)]) == 0
+    assert "rows: 4 before, 4 after (appended 0" in capsys.readouterr().out
+
+
+def test_appended_events_are_checked_against_the_items_in_the_folder(tmp_path: Path) -> None:
+    data = _store(tmp_path)
+    new = _csv(tmp_path / "new.csv", EVENTS_HEADER, ["u9,i1,view,2024-04-01,1,,,", "u9,i7,view,2024-04-01,1,,,"])
+    with pytest.raises(ImportRejected) as exc:
+        _import(tmp_path, events=new, mode="append")
+    assert f"row 2 (line 3), item_id: unknown item_id 'i7' (not in {data / 'items.parquet'})" in str(exc.value)
+    # Items imported alongside count too.
+    items = _csv(tmp_path / "more-items.csv", ITEMS_HEADER, ["i7,Lamp,Home,,,,,"])
+    summary = _import(tmp_path, events=new, items=items, mode="append")
+    assert summary.tables["events"].appended == 2 and summary.tables["items"].after == 3
+
+
+def test_appended_items_keep_one_row_per_id(tmp_path: Path) -> None:
+    data = _store(tmp_path)
+    items = _csv(tmp_path / "more.csv", ITEMS_HEADER, [GOOD_ITEMS[1], "i2,Mug,Home > Garden,,,,,", "i3,Cup,Home,,,,,"])
+    with pytest.raises(ImportRejected) as exc:
+        _import(tmp_path, items=items, mode="append")
+    assert f"row 2 (line 3), item_id: item_id already in {data / 'items.parquet'} with other values" in str(exc.value)
+    summary = _import(tmp_path, items=items, mode="append", quarantine=True)
+    t = summary.tables["items"]
+    assert (t.accepted, t.quarantined, t.appended, t.existing_duplicates, t.before, t.after) == (2, 1, 1, 1, 2, 3)
+    assert read_table(data, "items")[C.Item].to_list() == ["i2", "i1", "i3"]
+
+
+def test_rows_already_in_matches_on_event_id_when_both_tables_have_it() -> None:
+    from features.importer import rows_already_in
+
+    old = pl.DataFrame({"event_id": ["a", None, "c"], "user_id": ["u1", "u2", "u3"]})
+    new = pl.DataFrame({"event_id": ["a", None, None, "d", "c"], "user_id": ["other", "u2", "u3", "u2", "u3"]})
+    # 'a': same id, other values -> already there; null ids: whole row; 'd': new id -> new even though u2 exists.
+    assert rows_already_in(old, new, "event_id").to_list() == [True, True, False, False, True]
+    assert rows_already_in(old, new).to_list() == [False, True, False, False, True]  # no key: whole rows (nulls equal)
+
+
+def test_rows_of_forgotten_users_are_dropped_on_every_kind_of_import(tmp_path: Path) -> None:
+    from features.forget import record_forgotten
+
+    data = tmp_path / "data"
+    record_forgotten(data, ["u1"])
+    events = _csv(tmp_path / "e.csv", EVENTS_HEADER, [*GOOD_EVENTS, "u1,i1,click,2024-01-01,1,,,"])  # a bad row of u1 too
+    users = _csv(tmp_path / "u.csv", USERS_HEADER, GOOD_USERS)
+    summary = _import(tmp_path, events=events, users=users)  # u1's bad row is not reported: it is dropped
+    assert set(read_table(data, "events")[C.User]) == {"u2", "u3"}
+    assert read_table(data, "users")[C.User].to_list() == ["u2"]
+    t = summary.tables["events"]
+    assert (t.read, t.accepted, t.quarantined, t.forgotten) == (5, 2, 0, 3)
+    assert t.read == t.accepted + t.quarantined + t.deduplicated + t.forgotten
+    text = summary.render()
+    assert "3 rows of forgotten users dropped" in text and "1 rows of forgotten users dropped" in text
+    assert json.loads((data / "import.json").read_text())["tables"]["events"]["forgotten_dropped"] == 3
+
+    more = _csv(tmp_path / "more.csv", EVENTS_HEADER, ["u1,i2,view,2024-05-01,1,,,", "u5,i2,view,2024-05-01,1,,,", ",i2,view,2024-05-01,1,,,"])
+    summary = _import(tmp_path, events=more, mode="append", quarantine=True)
+    assert summary.tables["events"].forgotten == 1 and summary.tables["events"].appended == 1
+    assert "u1" not in read_table(data, "events")[C.User].to_list()
+    summary = _import(tmp_path, events=more, mode="replace", quarantine=True)
+    assert summary.tables["events"].forgotten == 1 and read_table(data, "events")[C.User].to_list() == ["u5"]
+    q = pl.read_csv(summary.tables["events"].quarantine_file, infer_schema=False)
+    assert q["row"].to_list() == ["3"]  # the bad row is set aside; u1's row is not kept anywhere
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue #11: no silent type coercion
+
+
+@pytest.mark.parametrize(
+    "column, values, got",
+    [
+        ("user_id", [1.5, 2.0], "float"),
+        ("item_id", [[1, 2], [3]], "list"),
+        ("item_id", [{"a": 1}, {"a": 2}], "struct"),
+        ("session_id", [b"\x01", b"\x02"], "binary"),
+        ("user_id", [True, False], "boolean"),
+    ],
+)
+def test_parquet_ids_must_be_strings_or_integers(tmp_path: Path, column: str, values: list, got: str) -> None:
+    frame = {
+        "user_id": ["u1", "u2"],
+        "item_id": ["i1", "i2"],
+        "event_type": ["view", "view"],
+        "timestamp": [datetime(2024, 1, 1, tzinfo=timezone.utc)] * 2,
+        "session_id": ["s1", "s2"],
+    }
+    frame[column] = values
+    events = tmp_path / "events.parquet"
+    pl.DataFrame(frame).write_parquet(events)
+    with pytest.raises(ImportRejected) as exc:
+        _import(tmp_path, events=events)
+    report = str(exc.value)
+    for row in (1, 2):
+        assert f"row {row}, {column}: {column} must be a string or an integer, got {got}" in report
+    assert f"{column}: not a string or an integer: 2 row(s)" in report
+    assert not (tmp_path / "data").exists()
+
+
+def test_integer_ids_become_their_decimal_text(tmp_path: Path) -> None:
+    events = tmp_path / "events.parquet"
+    pl.DataFrame(
+        {
+            "user_id": pl.Series([42, 7], dtype=pl.Int64),
+            "item_id": pl.Series([9_000_000_000_000_000_001, 5], dtype=pl.UInt64),
+            "event_type": ["view", "view"],
+            "timestamp": ["2024-01-01", "2024-01-02"],
+            "session_id": pl.Series(["a", "b"], dtype=pl.Categorical),
+        }
+    ).write_parquet(events)
+    _import(tmp_path, events=events)
+    ev = read_table(tmp_path / "data", "events")
+    assert ev[C.User].to_list() == ["42", "7"] and ev[C.Item].to_list() == ["9000000000000000001", "5"]
+    assert ev[C.Session].to_list() == ["a", "b"]
+
+
+def _mapping(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "map.toml"
+    path.write_text(text)
+    return path
+
+
+def test_numeric_timestamps_need_timestamp_unit(tmp_path: Path) -> None:
+    secs = [1709287200, 1709287260]
+    events = tmp_path / "events.parquet"
+    pl.DataFrame({"user_id": ["u1", "u2"], "item_id": ["i1", "i1"], "event_type": ["view"] * 2, "timestamp": secs}).write_parquet(events)
+    with pytest.raises(ImportRejected) as exc:
+        _import(tmp_path, events=events)
+    assert 'row 1, timestamp: a number, not a date: set timestamp_unit = "s" or "ms"' in str(exc.value)
+    assert "under [events] in the mapping" in str(exc.value)
+
+    _import(tmp_path, events=events, mapping=_mapping(tmp_path, '[events]\ntimestamp_unit = "s"\n'))
+    expected = [datetime(2024, 3, 1, 10, tzinfo=timezone.utc), datetime(2024, 3, 1, 10, 1, tzinfo=timezone.utc)]
+    assert read_table(tmp_path / "data", "events")[C.Timestamp].to_list() == expected
+
+    millis = tmp_path / "millis.parquet"
+    pl.DataFrame({"user_id": ["u1", "u2"], "item_id": ["i1", "i1"], "event_type": ["view"] * 2,
+                  "timestamp": [s * 1000 + 250 for s in secs]}).write_parquet(millis)  # fmt: skip
+    _import(tmp_path, events=millis, mapping=_mapping(tmp_path, '[events]\ntimestamp_unit = "ms"\n'), mode="replace")
+    got = read_table(tmp_path / "data", "events")[C.Timestamp].to_list()
+    assert got == [t + timedelta(milliseconds=250) for t in expected]
+
+    # CSV: a number is an error too (not 1970, not a guess), and fine with the unit.
+    csv_file = _csv(tmp_path / "e.csv", "user_id,item_id,event_type,timestamp", ["u1,i1,view,1709287200", "u2,i1,view,2024-03-01"])
+    with pytest.raises(ImportRejected) as exc:
+        _import(tmp_path, events=csv_file, mode="replace")
+    assert "row 1 (line 2), timestamp: a number, not a date" in str(exc.value) and "row 2 " not in str(exc.value)
+    with pytest.raises(ImportRejected) as exc:  # with a unit, the column holds numbers only
+        _import(tmp_path, events=csv_file, mapping=_mapping(tmp_path, '[events]\ntimestamp_unit = "s"\n'), mode="replace")
+    assert "row 2 (line 3), timestamp: unparsable timestamp (expected a number of seconds since 1970-01-01 UTC" in str(exc.value)
+    csv_ok = _csv(tmp_path / "ok.csv", "user_id,item_id,event_type,timestamp", ["u1,i1,view,1709287200000"])
+    _import(tmp_path, events=csv_ok, mapping=_mapping(tmp_path, '[events]\ntimestamp_unit = "ms"\n'), mode="replace")
+    assert read_table(tmp_path / "data", "events")[C.Timestamp].to_list() == expected[:1]
+
+
+def test_parse_datetime_with_a_unit() -> None:
+    utc = timezone.utc
+    values = pl.Series(["1714557600", "1714557600.5", "-86400", "1.7145576e9", "soon", None, "99999999999999999999"])
+    got = parse_datetime(values, unit="s").to_list()
+    assert got[:4] == [
+        datetime(2024, 5, 1, 10, tzinfo=utc),
+        datetime(2024, 5, 1, 10, 0, 0, 500000, tzinfo=utc),
+        datetime(1969, 12, 31, tzinfo=utc),
+        datetime(2024, 5, 1, 10, tzinfo=utc),
+    ]
+    assert got[4:] == [None, None, None]  # not a number, missing, out of range
+    assert parse_datetime(pl.Series(["1714557600123456789"]), unit="ns").to_list() == [
+        datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=utc)
+    ]
+    assert parse_datetime(pl.Series(["1714557600123456"]), unit="us").to_list() == [
+        datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=utc)
+    ]
+
+
+@pytest.mark.parametrize(
+    "toml, key",
+    [
+        ("[events]\ntimestamp_unit = 'days'\n", "events.timestamp_unit"),
+        ("[users]\ntimestamp_unit = 's'\ntimestamp_format = '%Y'\n", "users.timestamp_unit"),
+    ],
+)
+def test_bad_timestamp_unit_in_mapping_is_an_error(tmp_path: Path, toml: str, key: str) -> None:
+    events = _csv(tmp_path / "events.csv", EVENTS_HEADER, GOOD_EVENTS)
+    with pytest.raises(UserError) as exc:
+        _import(tmp_path, events=events, mapping=_mapping(tmp_path, toml))
+    assert key in str(exc.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue #11: file-level errors are one line that says where and what to do, without the rows
+
+
+def _rows(n: int) -> list[str]:
+    return [f"secret-user-{i},i{i},view,2024-01-01" for i in range(1, n + 1)]
+
+
+def test_unterminated_quote_names_the_row_and_prints_no_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = _rows(300)
+    rows[11] = 'secret-user-12,"i12,view,2024-01-01'  # row 12 opens a quote that never closes
+    events = _csv(tmp_path / "events.csv", "user_id,item_id,event_type,timestamp", rows)
+    assert main(["-q", "import", "--events", str(events), "--data-dir", str(tmp_path / "data")]) == 2
+    line = _err_line(capsys)
+    assert line == f"error: {events}: unterminated quote starting at row 12 (line 13): check the quoting of that row (a field that starts with a quote must end with one)"
+    assert "secret-user" not in line
+
+
+def test_malformed_quote_and_extra_fields_name_the_row(tmp_path: Path) -> None:
+    rows = _rows(20)
+    rows[4] = 'secret-user-5,"i5"x,view,2024-01-01'
+    rows[6] = 'secret-user-7,"i7,view,2024-01-01'  # swallows lines until the next quote
+    events = _csv(tmp_path / "events.csv", "user_id,item_id,event_type,timestamp", rows)
+    with pytest.raises(UserError) as exc:
+        _import(tmp_path, events=events)
+    msg = str(exc.value)
+    assert "malformed quote in row 5 (line 6)" in msg or "row 7 (line 8)" in msg
+    assert "secret-user" not in msg and "\n" not in msg
+    rows = _rows(20)
+    rows[8] = "secret-user-9,i9,view,2024-01-01,extra"
+    events = _csv(tmp_path / "events2.csv", "user_id,item_id,event_type,timestamp", rows)
+    with pytest.raises(UserError) as exc:
+        _import(tmp_path, events=events)
+    assert str(exc.value) == (
+        f"{events}: row 9 (line 10) has 5 fields, the header has 4: check the separator (',';"
+        " set delimiter under [events] in the mapping) and the quoting of that row"
+    )
+
+
+def test_invalid_utf8_names_byte_and_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = "\n".join(["user_id,item_id,event_type,timestamp", *_rows(100)]) + "\n"
+    data = text.encode("utf-8")
+    at = data.index(b"i57,")
+    events = tmp_path / "events.csv"
+    events.write_bytes(data[:at] + "é".encode("latin-1") + data[at:])
+    assert main(["-q", "import", "--events", str(events), "--data-dir", str(tmp_path / "data")]) == 2
+    line = _err_line(capsys)
+    assert line == (
+        f"error: {events}: invalid UTF-8 at byte {at} (row 57, line 58): re-save the file as UTF-8, "
+        "or set encoding = \"latin-1\" (or the file's encoding) under [events] in the mapping (--mapping)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue #11: reports show no personal values in clear; the quarantine file keeps the rows
+
+
+def test_reports_redact_user_ids_and_personal_attributes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from features.forget import redact
+
+    users = _csv(
+        tmp_path / "users.csv",
+        USERS_HEADER,
+        ["alice@example.com,2024-01-01,25-34,F,Paris,nurse", "alice@example.com,2024-02-01,35-44,F,Lyon,doctor", "bob,soon,,,,"],
+    )
+    out = tmp_path / "data"
+    assert main(["-q", "import", "--users", str(users), "--data-dir", str(out), "--max-report", "50"]) == 2
+    err = capsys.readouterr().err
+    assert f"row 2 (line 3), user_id: duplicate user_id, first seen at row 1 [value {redact('alice@example.com')}]" in err
+    assert "row 3 (line 4), signup_at: unparsable timestamp [value 'soon']" in err  # signup_at may be shown
+    for secret in ("alice", "example.com", "bob", "Lyon", "doctor", "35-44"):
+        assert secret not in err, secret
+    # Personal attributes are shown as <redacted> (MovieLens' age is one).
+    from features.importer import _shown
+
+    assert [_shown("users", f, "x") for f in ("age_band", "gender", "region", "occupation", "age")] == ["<redacted>"] * 5
+    assert _shown("events", "item_id", "i1") == "'i1'" and _shown("events", "user_id", None) == "(empty)"
+
+    assert main(["-q", "import", "--users", str(users), "--data-dir", str(out), "--quarantine"]) == 0
+    said = capsys.readouterr().out
+    assert "alice" not in said and "bob" not in said
+    q = pl.read_csv(next((out / "quarantine").iterdir()), infer_schema=False)
+    assert q["user_id"].to_list() == ["alice@example.com", "bob"] and q["region"][0] == "Lyon"  # the file keeps raw rows

@@ -50,8 +50,10 @@ def _write_ml(folder: Path, ratings: list[str] | None = None) -> Path:
     return folder
 
 
-def _import(ml: Path, out: Path, quarantine: bool = False) -> ImportSummary:
-    return import_movielens(Settings(), ml, out, quarantine=quarantine, max_report=20, progress=Progress("t", quiet=True))
+def _import(ml: Path, out: Path, quarantine: bool = False, mode: str | None = None) -> ImportSummary:
+    return import_movielens(
+        Settings(), ml, out, quarantine=quarantine, max_report=20, progress=Progress("t", quiet=True), mode=mode  # type: ignore[arg-type]
+    )
 
 
 def _utc(ts: int) -> datetime:
@@ -138,6 +140,43 @@ def test_movielens_missing_file_is_named(tmp_path: Path, name: str) -> None:
     with pytest.raises(UserError, match=name):
         _import(ml, tmp_path / "data")
     assert not (tmp_path / "data").exists()
+
+
+def test_movielens_into_a_folder_with_tables_needs_append_or_replace(tmp_path: Path) -> None:
+    from storerec.cli import main
+
+    ml = _write_ml(tmp_path / "ml")
+    out = tmp_path / "data"
+    _import(ml, out)
+    before = {p: p.read_bytes() for p in out.rglob("*.parquet")}
+    with pytest.raises(UserError) as exc:
+        _import(ml, out)
+    msg = str(exc.value)
+    for table, rows in (("events", 7), ("items", 3), ("users", 7)):
+        assert f"{out / (table + '.parquet')} already holds the {table} table ({rows} rows)" in msg
+    assert "--append" in msg and "--replace" in msg and "\n" not in msg
+    assert {p: p.read_bytes() for p in out.rglob("*.parquet")} == before
+    assert main(["-q", "import", "--movielens", str(ml), "--data-dir", str(out)]) == 2
+
+    summary = _import(ml, out, mode="append")  # the same folder again: every row is already there
+    assert {t: (s.before, s.after, s.appended, s.existing_duplicates) for t, s in summary.tables.items()} == {
+        "events": (7, 7, 0, 7), "items": (3, 3, 0, 3), "users": (7, 7, 0, 7),
+    }
+    summary = _import(ml, out, mode="replace")
+    assert "rows: 7 before, 7 after (table replaced)" in summary.render()
+
+
+def test_movielens_drops_forgotten_users(tmp_path: Path) -> None:
+    from features.forget import record_forgotten
+
+    ml = _write_ml(tmp_path / "ml")
+    out = tmp_path / "data"
+    record_forgotten(out, ["1", "7"])
+    summary = _import(ml, out)
+    assert "1" not in read_table(out, "events")[C.User].to_list()
+    assert read_table(out, "users")[C.User].to_list() == ["2", "3", "4", "5", "6"]
+    assert summary.tables["events"].forgotten == 2 and summary.tables["users"].forgotten == 2
+    assert "2 rows of forgotten users dropped" in summary.render()
 
 
 @pytest.mark.data

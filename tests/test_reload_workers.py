@@ -125,7 +125,7 @@ def test_an_alias_move_reaches_every_worker(svc) -> None:
     assert r.status_code == 200 and r.json()["follows"] == "champion" and r.json()["complete"], r.text
     assert {v for v, _ in recommend_fresh(svc, 20)} == {"1"}
     settings = svc["settings"]
-    control = ControlStore(settings.serving.control_url, service_key(settings.mlflow.registered_model, "127.0.0.1", svc["port"]))
+    control = ControlStore(settings.serving.control_url, service_key(settings.registered_model_name(), "127.0.0.1", svc["port"]))
     t_start = time.perf_counter()
     assert main(["--config", str(svc["cfg"]), "-q", "promote", "--version", "2"]) == 0
     t_moved = time.perf_counter()

@@ -108,7 +108,7 @@ def test_responses_match_their_documented_models(svc, data) -> None:
 def test_every_reason_is_true(svc, data, tmp_path: Path) -> None:
     ev, prof, items = data["events"], data["profiles"], data["items"]
     folder = tracking.download_version(tracking.configure(svc["settings"].mlflow), tracking.resolve_version(
-        tracking.configure(svc["settings"].mlflow), "storerec", "1"), tmp_path)
+        tracking.configure(svc["settings"].mlflow), svc["settings"].registered_model_name(), "1"), tmp_path)
     model = ModelBase.load(folder / "model")
     item = {r["item_id"]: r for r in items.select("item_id", "category", "is_new", "price_band", "trending_score", "pop_7d").with_columns(pl.col("price_band").cast(pl.String)).iter_rows(named=True)}
     profile = {r["user_id"]: r for r in prof.select("user_id", "top_categories", pl.col("price_band").cast(pl.String), pl.col("tier").cast(pl.String)).iter_rows(named=True)}
@@ -291,7 +291,7 @@ def test_reload_swaps_models_and_survives_a_corrupt_one(svc, data) -> None:
     assert post(svc, "/recommend", {"user_id": user, "k": 3}).json()["model_version"] == "2"
     # Corrupt version 1's stored model files, point champion at it, reload: refused, v2 keeps serving.
     client = tracking.configure(svc["settings"].mlflow)
-    v1 = client.get_model_version("storerec", "1")
+    v1 = client.get_model_version(svc["settings"].registered_model_name(), "1")
     model_id = v1.source.split("/")[-1]  # models:/m-...
     art = Path(client.get_logged_model(model_id).artifact_location.replace("file://", ""))
     metas = list(art.rglob("meta.json"))

@@ -78,3 +78,43 @@ def test_shipped_config_file_states_the_defaults() -> None:
     assert shipped.profiles.price_band_cuts == pytest.approx(defaults.profiles.price_band_cuts, abs=1e-5)
     shipped.profiles.price_band_cuts = defaults.profiles.price_band_cuts
     assert shipped == defaults
+
+
+def test_text_settings_stay_text_from_the_environment() -> None:
+    # `storerec serve --model 6` passes STOREREC__SERVING__MODEL=6 to the workers: a version
+    # number, not the integer 6 (which failed validation with a traceback).
+    s = load_settings(environ={"STOREREC__SERVING__MODEL": "6", "STOREREC__SERVING__ADMIN_TOKEN": "12345",
+                               "STOREREC__MLFLOW__REGISTERED_MODEL": "2024", "STOREREC__DATA__DIR": "7",
+                               "STOREREC__SERVING__LOG_LEVEL": "DEBUG"})
+    assert s.serving.model == "6" and s.serving.admin_token == "12345" and s.mlflow.registered_model == "2024"
+    assert s.data.dir == Path("7") and s.serving.log_level == "DEBUG"
+    # other settings still take JSON: numbers, booleans, lists, tables, null
+    s = load_settings(environ={"STOREREC__SERVING__PORT": "3001", "STOREREC__SERVING__ACCESS_LOG": "false",
+                               "STOREREC__SERVING__CORS_ORIGINS": '["https://shop.example.com"]',
+                               "STOREREC__EVENTLOG__RETENTION_DAYS": "null"})
+    assert s.serving.port == 3001 and s.serving.access_log is False
+    assert s.serving.cors_origins == ["https://shop.example.com"] and s.eventlog.retention_days is None
+
+
+def test_invalid_variables_are_named(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"serving\.port: .*from STOREREC__SERVING__PORT"):
+        load_settings(environ={"STOREREC__SERVING__PORT": "abc"})
+    with pytest.raises(SettingsError, match=r"serving\.modle: .*from STOREREC__SERVING__MODLE"):
+        load_settings(environ={"STOREREC__SERVING__MODLE": "6"})
+    with pytest.raises(SettingsError, match=r"churn_days must be greater.*from STOREREC__PROFILES__CHURN_DAYS"):
+        load_settings(environ={"STOREREC__PROFILES__CHURN_DAYS": "30"})
+    with pytest.raises(SettingsError, match="STOREREC__TRAINING__MODELS__ALS sets a key inside training.models"):
+        load_settings(environ={"STOREREC__TRAINING__MODELS": "3", "STOREREC__TRAINING__MODELS__ALS": "{}"})
+
+
+def test_registered_model_name_follows_the_data_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from storerec.settings import derived_model_name
+
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(environ={}).registered_model_name() == "storerec-data"
+    assert load_settings(environ={"STOREREC__DATA__DIR": "../data-ml100k"}).registered_model_name() == "storerec-data-ml100k"
+    assert derived_model_name(tmp_path / "My Shop @ 2026/") == "storerec-My-Shop-2026"  # no '@' or '/' (version refs use them)
+    assert derived_model_name(".") == f"storerec-{tmp_path.name}"
+    # an explicit name wins, for every folder
+    s = load_settings(environ={"STOREREC__MLFLOW__REGISTERED_MODEL": "storerec", "STOREREC__DATA__DIR": "elsewhere"})
+    assert s.registered_model_name() == "storerec"

@@ -3,6 +3,7 @@ simulated store with a private SQLite tracking store."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import mlflow
@@ -52,12 +53,15 @@ def client(env: dict[str, Path]) -> MlflowClient:
     return tracking.configure(load_settings(env["cfg"], environ={}).mlflow)
 
 
+NAME = "storerec-data"  # the registered model of the data folder <root>/data
+
+
 def test_train_logs_a_run_and_registers_a_self_contained_version(env, capsys, tmp_path: Path) -> None:
     assert run(env, "train", "--model", "als", "--param", "factors=16", "--param", "interactions.recency_half_life=30") == 0
     out = capsys.readouterr().out
     assert "als: ndcg@10=" in out and "registered as version" in out
     c = client(env)
-    version = c.get_model_version("storerec", "1")
+    version = c.get_model_version(NAME, "1")
     r = c.get_run(version.run_id)
     assert r.data.params["model"] == "als" and r.data.params["factors"] == "16"
     assert float(r.data.params["interactions.recency_half_life"]) == 30
@@ -78,7 +82,7 @@ def test_train_logs_a_run_and_registers_a_self_contained_version(env, capsys, tm
     reco = model.recommend(users, k=5)
     assert reco.height == 25 and reco["user_id"].n_unique() == 5
     # ... and through the MLflow pyfunc flavour.
-    pyfunc = mlflow.pyfunc.load_model("models:/storerec/1")
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}/1")
     import pandas as pd
 
     pred = pyfunc.predict(pd.DataFrame({"user_id": users, "k": 5}))
@@ -93,12 +97,13 @@ def test_promote_and_models(env, capsys) -> None:
     capsys.readouterr()
     assert run(env, "models") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:3] == ["version", "aliases", "model"]
-    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert lines[0] == f"registered model {NAME} (data folder {env['data'].resolve()})"
+    assert lines[1].split()[:3] == ["version", "aliases", "model"]
+    rows = {line.split()[0]: line.split() for line in lines[2:]}
     assert rows["2"][1:3] == ["champion", "popularity"] and rows["1"][1:3] == ["challenger", "als"]
     assert run(env, "promote", "--version", "99") == 2
     assert "no version 99" in capsys.readouterr().err
-    assert str(client(env).get_model_version_by_alias("storerec", "champion").version) == "2"
+    assert str(client(env).get_model_version_by_alias(NAME, "champion").version) == "2"
 
 
 def test_recommend_batch(env, capsys, tmp_path) -> None:
@@ -106,7 +111,7 @@ def test_recommend_batch(env, capsys, tmp_path) -> None:
     users = pl.read_parquet(env["data"] / "events.parquet")["user_id"].unique().sort().head(3).to_list()
     ids.write_text("\n".join(users + ["nobody"]) + "\n")
     out = tmp_path / "recs.parquet"
-    assert run(env, "recommend-batch", "--model", "storerec@challenger", "--users", str(ids), "--k", "4", "--out", str(out)) == 0
+    assert run(env, "recommend-batch", "--model", f"{NAME}@challenger", "--users", str(ids), "--k", "4", "--out", str(out)) == 0
     text = capsys.readouterr().out
     assert "for 3/4 users" in text and "1 users got no list" in text
     recs = pl.read_parquet(out)
@@ -121,6 +126,29 @@ def test_recommend_batch(env, capsys, tmp_path) -> None:
     assert "unknown segment 'sleepy'" in capsys.readouterr().err
     assert run(env, "recommend-batch", "--model", "7", "--segment", "new", "--out", str(seg)) == 2
     assert "no model version '7'" in capsys.readouterr().err
+
+
+def test_recommend_batch_for_everyone_as_csv(env, capsys, tmp_path) -> None:
+    # Without --users/--segment it is every user of the data folder (`make recommend-batch`
+    # without USERS failed); the format follows --out's suffix (recs.csv was written as Parquet).
+    out = tmp_path / "recs.csv"
+    assert run(env, "recommend-batch", "--k", "2", "--out", str(out)) == 0
+    assert "users to" in capsys.readouterr().out
+    recs = pl.read_csv(out, schema_overrides={"user_id": pl.String, "item_id": pl.String, "model_version": pl.String})
+    assert recs.columns == ["user_id", "item_id", "score", "rank", "model", "model_version"]
+    everyone = set(pl.read_parquet(env["data"] / "users.parquet")["user_id"]) | set(pl.read_parquet(env["data"] / "events.parquet")["user_id"])
+    assert set(recs["user_id"]) == everyone and recs["rank"].max() == 2  # the champion (popularity) serves everyone
+    for bad in ("recs.json", "recs"):
+        assert run(env, "recommend-batch", "--out", str(tmp_path / bad)) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --out {tmp_path / bad}: unknown suffix") and ".parquet" in err and ".csv" in err
+        assert not (tmp_path / bad).exists()
+    assert "'.json'" in (run(env, "recommend-batch", "--out", str(tmp_path / "recs.json")), capsys.readouterr().err)[1]
+    # the make target passes no --users without USERS
+    make = subprocess.run(["make", "-n", "recommend-batch", "OUT=recs.csv"], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=60)
+    line = [cmd for cmd in make.stdout.splitlines() if "recommend-batch" in cmd][-1]
+    assert "--users" not in line and "--out recs.csv" in line
 
 
 def test_tune_logs_nested_trials(env, capsys) -> None:
@@ -152,7 +180,7 @@ def test_evaluate_writes_and_logs_a_report(env, capsys, tmp_path) -> None:
 
 def test_evaluate_runs_compares_logged_runs(env, capsys, tmp_path) -> None:
     c = client(env)
-    ids = [c.get_model_version("storerec", v).run_id for v in ("1", "2")]
+    ids = [c.get_model_version(NAME, v).run_id for v in ("1", "2")]
     assert run(env, "evaluate", "--runs", ",".join(ids), "--out", str(tmp_path / "r")) == 0
     assert "als" in (tmp_path / "r" / "report.md").read_text()
     assert run(env, "evaluate", "--runs", "nope") == 2
@@ -160,7 +188,7 @@ def test_evaluate_runs_compares_logged_runs(env, capsys, tmp_path) -> None:
 
 
 def test_bad_input_is_a_clear_error_and_registers_nothing(env, capsys) -> None:
-    before = len(client(env).search_model_versions("name='storerec'"))
+    before = len(client(env).search_model_versions(f"name='{NAME}'"))
     assert run(env, "train", "--model", "nosuch") == 2
     assert "nosuch" in capsys.readouterr().err
     assert run(env, "train", "--model", "als", "--param", "factors=-3") == 2
@@ -168,7 +196,7 @@ def test_bad_input_is_a_clear_error_and_registers_nothing(env, capsys) -> None:
     assert run(env, "train", "--model", "als", "--param", "factors") == 2
     assert "not key=value" in capsys.readouterr().err
     assert run(env, "tune", "--model", "als", "--trials", "0") == 2
-    assert len(client(env).search_model_versions("name='storerec'")) == before
+    assert len(client(env).search_model_versions(f"name='{NAME}'")) == before
 
 
 def test_run_chain_promotes_the_best(env, capsys) -> None:
@@ -176,7 +204,7 @@ def test_run_chain_promotes_the_best(env, capsys) -> None:
     out = capsys.readouterr().out
     assert "champion:" in out and "challenger:" in out and "evaluation report:" in out
     c = client(env)
-    champ = c.get_model_version_by_alias("storerec", "champion")
-    chall = c.get_model_version_by_alias("storerec", "challenger")
+    champ = c.get_model_version_by_alias(NAME, "champion")
+    chall = c.get_model_version_by_alias(NAME, "challenger")
     score = lambda v: c.get_run(v.run_id).data.metrics["ndcg_at_10"]  # noqa: E731
     assert score(champ) >= score(chall)

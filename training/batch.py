@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,46 @@ def read_user_ids(path: Path) -> list[str]:
     return list(dict.fromkeys(df[C.User].cast(pl.String).to_list()))
 
 
+OUTPUT_FORMATS = {".parquet": "Parquet", ".csv": "CSV"}
+
+
+def check_output(out: Path) -> None:
+    """``--out`` must end in .parquet or .csv (the format follows the suffix)."""
+    if Path(out).suffix.lower() not in OUTPUT_FORMATS:
+        raise UserError(
+            f"--out {out}: unknown suffix {Path(out).suffix or '(none)'!r}; use .parquet (Parquet) or .csv (CSV)"
+        )
+
+
+def write_output(reco: pl.DataFrame, out: Path) -> None:
+    """Write the lists atomically as Parquet or CSV, by ``out``'s suffix."""
+    out = Path(out)
+    if out.suffix.lower() == ".parquet":
+        io.write_atomic({out: reco})
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.fchmod(fd, 0o644)
+    os.close(fd)
+    try:
+        reco.write_csv(tmp)
+        os.replace(tmp, out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def all_user_ids(data_dir: Path) -> list[str]:
+    """Every user of the data folder: the users table and everyone with events, sorted."""
+    users: set[str] = set()
+    for table in ("users", "events"):
+        if io.has_table(data_dir, table):
+            ids = pl.read_parquet(io.table_path(data_dir, table), columns=[C.User])[C.User]
+            users.update(ids.cast(pl.String).drop_nulls().to_list())
+    if not users:
+        raise UserError(f"no users in {data_dir}: neither users.parquet nor events.parquet; run `storerec simulate` or `storerec import`")
+    return sorted(users)
+
+
 @dataclass
 class BatchSummary:
     out: Path
@@ -69,11 +110,12 @@ def recommend_batch(
     out: Path,
     progress: Progress,
 ) -> BatchSummary:
-    if users_file is None and segment is None:
-        raise UserError("give --users FILE, --segment NAME, or both")
+    """Lists for the users in ``users_file`` and/or ``segment``; neither: every user of the data
+    folder. Written to ``out`` as Parquet (.parquet) or CSV (.csv)."""
+    check_output(out)
     client = tracking.configure(settings.mlflow)
     with progress.step(f"load model {model_ref}"):
-        version = tracking.resolve_version(client, settings.mlflow.registered_model, model_ref)
+        version = tracking.resolve_version(client, settings.registered_model_name(), model_ref)
         with tempfile.TemporaryDirectory(prefix="storerec-model-") as tmp:  # loaded into memory, then removed
             model = ModelBase.load(tracking.download_version(client, version, Path(tmp)) / tracking.ARTIFACT_MODEL)
     users = read_user_ids(users_file) if users_file else None
@@ -87,10 +129,11 @@ def recommend_batch(
             raise UserError(f"unknown segment {segment!r}; segments in the profiles: {known}")
         in_segment = set(profiles.filter(pl.col("segment").cast(pl.String) == segment)[C.User].to_list())
         users = [u for u in users if u in in_segment] if users is not None else sorted(in_segment)
-    assert users is not None
+    if users is None:
+        users = all_user_ids(Path(data_dir))
     with progress.step(f"recommend for {len(users)} users"):
         reco = model.recommend(users, k=k).with_columns(
             pl.lit(model.name).alias("model"), pl.lit(str(version.version)).alias("model_version")
         )
-    io.write_atomic({Path(out): reco})
+    write_output(reco, Path(out))
     return BatchSummary(Path(out), str(version.version), len(users), reco[C.User].n_unique(), reco.height)

@@ -25,7 +25,7 @@ def train_register_promote(settings: Settings, data_dir: Path, progress: Progres
         summaries.append(train_one(settings, tables, split, name, register=True, progress=progress))
     report = publish({s.model: s.metrics for s in summaries}, k, default_report_dir(), _context(split))
     ranked = sorted(summaries, key=lambda s: s.metrics[f"ndcg@{k}"], reverse=True)
-    name = settings.mlflow.registered_model
+    name = settings.registered_model_name()
     tracking.set_alias(client, name, str(ranked[0].version), "champion")
     lines = [s.render(k) for s in summaries]
     lines.append(f"champion: {ranked[0].model} (version {ranked[0].version}, ndcg@{k}={ranked[0].metrics[f'ndcg@{k}']:.4f})")

@@ -97,7 +97,7 @@ def version_spec(settings: Settings, ref: str) -> tuple[str, str, dict[str, Any]
     import tempfile
 
     client = tracking.configure(settings.mlflow)
-    version = tracking.resolve_version(client, settings.mlflow.registered_model, ref)
+    version = tracking.resolve_version(client, settings.registered_model_name(), ref)
     with tempfile.TemporaryDirectory(prefix="storerec-replay-") as tmp:
         folder = tracking.download_version(client, version, Path(tmp))
         info = json.loads((folder / "training.json").read_text())

@@ -38,6 +38,7 @@ class Tables:
     items: pl.DataFrame
     users: pl.DataFrame | None
     fingerprint: str
+    source: Path | None = None  # the data folder read (recorded on runs and versions)
 
     @classmethod
     def load(cls, data_dir: Path) -> "Tables":
@@ -53,7 +54,7 @@ class Tables:
                     for chunk in iter(lambda: f.read(1 << 20), b""):
                         h.update(chunk)
         assert isinstance(events, pl.DataFrame) and isinstance(items, pl.DataFrame)
-        return cls(events, items, users if isinstance(users, pl.DataFrame) else None, h.hexdigest()[:16])
+        return cls(events, items, users if isinstance(users, pl.DataFrame) else None, h.hexdigest()[:16], Path(data_dir).resolve())
 
 
 @dataclass(frozen=True)

@@ -64,8 +64,9 @@ def train_one(
     """Train, evaluate and log one model in its own MLflow run (optionally registered)."""
     with progress.step(f"{name}: fit on the split and evaluate"):
         result = train_and_evaluate(settings, tables, split, name, overrides)
-    with mlflow.start_run(run_name=run_name or name, nested=nested) as run:
-        mlflow.set_tags(tracking.standard_tags(tables.fingerprint))
+    # a failing store (locked past the retries, broken) is one error line, the run marked failed
+    with tracking.store_access(mlflow.get_tracking_uri(), f"log the {name} run"), mlflow.start_run(run_name=run_name or name, nested=nested) as run:
+        mlflow.set_tags(tracking.standard_tags(tables.fingerprint, tables.source))
         mlflow.log_params(result.params)
         mlflow.log_metrics({tracking.metric_key(k): v for k, v in result.metrics.items()})
         mlflow.log_dict({"metrics": result.metrics, "params": result.params}, "evaluation/report.json")
@@ -80,9 +81,10 @@ def train_one(
                     model, prepared = refit_full(settings, tables, name, overrides)
                     seconds["refit_full"] = time.perf_counter() - t0
             with progress.step(f"{name}: log and register"):
-                info = {"model": name, "params": result.params, "metrics": result.metrics, "data_fingerprint": tables.fingerprint}
+                data = tracking.data_tags(tables.fingerprint, tables.source)
+                info = {"model": name, "params": result.params, "metrics": result.metrics, **data}
                 _, version = tracking.log_model_version(
-                    model=model, item_table=prepared.item_table, info=info, registered_model=settings.mlflow.registered_model
+                    model=model, item_table=prepared.item_table, info=info, registered_model=settings.registered_model_name(), tags=data
                 )
         mlflow.log_metrics({f"seconds_{k}": v for k, v in seconds.items()})
     return TrainSummary(name, run.info.run_id, version, result.metrics, seconds)

@@ -111,7 +111,7 @@ def run_tuning(
     results: list[tuple[dict[str, Any], float]] = []
     cached = None
     with mlflow.start_run(run_name=f"tune-{model}") as parent:
-        mlflow.set_tags({**tracking.standard_tags(tables.fingerprint), "tune_model": model})
+        mlflow.set_tags({**tracking.standard_tags(tables.fingerprint, tables.source), "tune_model": model})
         for i, params in enumerate(space, 1):
             res = train_and_evaluate(settings, tables, split, model, params, cached)
             cached = res.prepared
