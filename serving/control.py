@@ -199,11 +199,14 @@ class ControlStore:
                 conn.execute(control.insert().values(service=self.service, ref=ref, version=version, generation=1, updated_at=now))
             return int(conn.execute(sa.select(control.c.generation).where(control.c.service == self.service)).scalar_one())
 
-        for _ in range(3):
+        for attempt in range(4):
             generation = self._run("publish", q)
-            if generation is not None or "IntegrityError" not in (self.error or ""):
+            err = self.error or ""
+            if generation is not None or not ("IntegrityError" in err or "locked" in err):
                 return generation
-            # another worker inserted the row at the same moment: the next attempt updates it
+            # another worker inserted the row at the same moment (the next attempt updates it), or
+            # held the database a little longer than the busy timeout: try again shortly
+            time.sleep(0.05 * (attempt + 1))
         return None
 
     def reset(self, ref: str, version: str | None) -> int | None:

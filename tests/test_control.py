@@ -49,7 +49,8 @@ def test_publish_bumps_the_generation_per_service(url: str) -> None:
 
 
 def test_concurrent_publishes_never_share_a_generation(url: str) -> None:
-    stores = [store(url) for _ in range(4)]
+    # (a generous timeout: the claim is "never the same generation twice", not speed on a loaded machine)
+    stores = [ControlStore(url, "storerec@127.0.0.1:3000", timeout_s=10.0) for _ in range(4)]
     got: list[int | None] = []
 
     def run(s: ControlStore) -> None:
