@@ -37,11 +37,6 @@ def redact(user_id: str | None) -> str:
     return "user#" + user_hash(user_id)[:12]
 
 
-def hash_column(col: str = "user_id") -> pl.Expr:
-    """Polars expression: the hashed id of each row's ``col`` (same value as :func:`user_hash`)."""
-    return pl.col(col).map_elements(user_hash, return_dtype=pl.String)
-
-
 def forgotten_path(data_dir: Path) -> Path:
     return Path(data_dir) / FORGOTTEN_FILE
 

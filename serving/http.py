@@ -25,7 +25,7 @@ import contextvars
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -317,5 +317,3 @@ def openapi_spec() -> dict[str, Any]:
         "components": {"schemas": schemas},
     }
 
-
-AsgiApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]

@@ -8,9 +8,7 @@ Endpoints: ``POST /recommend``, ``POST /similar_items``, ``POST /trending``,
 
 from __future__ import annotations
 
-import asyncio
 import gc
-import json
 import logging
 import threading
 import uuid
@@ -34,7 +32,6 @@ from serving.schemas import (
     ListResponse,
     RecommendRequest,
     RecommendResponse,
-    ReloadRequest,
     ReloadResponse,
     ScoreRequest,
     ScoreResponse,

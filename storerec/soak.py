@@ -38,7 +38,8 @@ from typing import Any, Callable
 import polars as pl
 
 
-def _rss_mb(pid: int) -> float:
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process in MB (0 when it is gone)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -48,7 +49,8 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _children(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...)."""
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
@@ -167,7 +169,7 @@ async def _drive(base: str, token: str, users: list[str], *, duration: float, co
                 except httpx.HTTPError:
                     ready.append((t, -1))
                 if t - last_rss >= 5:
-                    rss.append((t, sum(_rss_mb(p) for p in pids())))
+                    rss.append((t, sum(rss_mb(p) for p in pids())))
                     last_rss = t
                 await asyncio.sleep(1)
 
@@ -212,7 +214,7 @@ def soak(out: Path, *, duration: float = 600, concurrency: int = 16, reload_ever
         res = asyncio.run(_drive(
             f"http://127.0.0.1:{server.port}", token, users, duration=duration, concurrency=concurrency, reload_every=reload_every,
             versions=["2", "1"], lock_at=max(1.0, duration / 2 - lock_seconds / 2), lock_seconds=lock_seconds, eventlog_url=url,
-            pids=lambda: _children(server.proc.pid), log=log,
+            pids=lambda: descendants(server.proc.pid), log=log,
         ))
     finally:
         server.stop()

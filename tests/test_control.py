@@ -21,18 +21,11 @@ def store(tmp_path: Path | str, name: str = "storerec@127.0.0.1:3000") -> Contro
     return ControlStore(tmp_path if isinstance(tmp_path, str) else f"sqlite:///{tmp_path / 'control.db'}", name)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path):
-    """The same tests on each backend (PostgreSQL: a throwaway database; skipped without a server)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'control.db'}"
-        return
-    from tests._pg import pg_available, pg_skip_reason, temp_database
-
-    if not pg_available():
-        pytest.skip(pg_skip_reason())
-    with temp_database() as db:
-        yield db
+@pytest.fixture
+def url(eventlog_url: str) -> str:
+    """The same tests on each backend: the event-log fixture's throwaway SQLite file or
+    PostgreSQL database (tests/conftest.py; skipped without a server)."""
+    return eventlog_url
 
 
 def test_publish_bumps_the_generation_per_service(url: str) -> None:

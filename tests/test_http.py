@@ -237,6 +237,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from storerec.cli import main  # noqa: E402
+from storerec.soak import descendants, rss_mb  # noqa: E402
 from tests._serve import start, stop, write_config  # noqa: E402
 
 ORIGIN = "https://shop.example.com"
@@ -251,25 +252,6 @@ def live(store: Path, tmp_path_factory: pytest.TempPathFactory):
     proc, client = start(cfg, root / "serve.log")
     yield {"proc": proc, "client": client, "log": root / "serve.log", "cfg": cfg, "root": root}
     stop(proc)
-
-
-def _tree(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        for task in Path(f"/proc/{p}/task").glob("*/children"):
-            todo += [int(c) for c in task.read_text().split()]
-    return out
-
-
-def _rss_mb(pids: list[int]) -> float:
-    total = 0
-    for p in pids:
-        for line in Path(f"/proc/{p}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1])
-    return total / 1024
 
 
 def _raw_chunked(port: int, path: str, total_mb: int) -> tuple[bytes, int]:
@@ -306,10 +288,10 @@ def _raw_chunked(port: int, path: str, total_mb: int) -> tuple[bytes, int]:
 @pytest.mark.slow
 def test_live_chunked_200mb_body_gets_413_without_growing_the_worker(live) -> None:
     port = live["client"].base_url.port
-    pids = _tree(live["proc"].pid)
-    before = _rss_mb(pids)
+    pids = [live["proc"].pid, *descendants(live["proc"].pid)]
+    before = sum(rss_mb(p) for p in pids)
     resp, sent = _raw_chunked(port, "/recommend", 200)
-    after = _rss_mb(pids)
+    after = sum(rss_mb(p) for p in pids)
     assert resp.startswith(b"HTTP/1.1 413"), resp[:300]
     assert b"exceeds the limit" in resp
     assert sent < 50 * 2**20, f"the server read {sent / 2**20:.0f} MB before refusing"
