@@ -22,7 +22,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help install lock run serve data features import-ml100k train tune evaluate promote models recommend-batch mlflow-ui \
         simulate-traffic ab-report replay export-events \
-        test test-fast bench bench-offline bench-ml100k bench-serve fuzz soak clean clean-data
+        lint test test-fast bench bench-offline bench-ml100k bench-serve fuzz soak clean clean-data
 
 help:  ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-16s %s\n", $$1, $$2}'
@@ -37,12 +37,12 @@ $(STAMP): pyproject.toml requirements.lock
 	@touch $(STAMP)
 
 lock:  ## rewrite requirements.lock from what .venv holds now (after a deliberate upgrade)
-	{ $(BIN)/python -m pip freeze --exclude-editable --all | grep -vE '^(storerec|pip)=='; } > requirements.lock.new && mv requirements.lock.new requirements.lock
+	{ echo '# Exact versions tested on Python 3.11 / linux x86_64. Regenerate with: make lock'; $(BIN)/python -m pip freeze --exclude-editable --all | grep -vE '^(storerec|pip)=='; } > requirements.lock.new && mv requirements.lock.new requirements.lock
 
 run: install  ## the whole chain on the built-in store: simulate -> features -> train -> evaluate -> register -> champion -> serve
 	$(STOREREC) run $(ARGS) && $(STOREREC) serve
 
-serve: install  ## start the HTTP service on the champion (http://127.0.0.1:3000, docs at /docs)
+serve: install  ## start the HTTP service on the champion (http://127.0.0.1:3000, API page at /, OpenAPI at /docs.json)
 	$(STOREREC) serve $(ARGS)
 
 data: install  ## simulate the built-in storefront into ./data
@@ -89,11 +89,16 @@ export-events: install  ## logged shopper events in the events table format (OUT
 mlflow-ui: install  ## open the MLflow UI on the local store (http://127.0.0.1:5000)
 	$(STOREREC) mlflow-ui $(ARGS)
 
-test: install  ## run the whole test suite
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+lint: install  ## ruff, mypy and the import layering contract (docs/architecture.md)
+	$(BIN)/ruff check storerec tests
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
-test-fast: install  ## unit tests only (no slow or end-to-end tests)
-	$(BIN)/python -m pytest -m "not slow and not e2e" $(PYTEST_ARGS)
+test: install  ## run the whole test suite on 2 workers (PYTEST_ARGS="-n 0": in one process; "-n 4": on 4)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+test-fast: install  ## unit tests only (no slow or end-to-end tests), on 2 workers like `make test`
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slow and not e2e" $(PYTEST_ARGS)
 
 bench: install  ## every benchmark (ML-100K quality vs the libraries, simulator + profiles at 10M events, serving under load)
 	$(STOREREC) bench --suite all $(ARGS)

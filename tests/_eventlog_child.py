@@ -10,11 +10,11 @@ import random
 import subprocess
 import sys
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-TS = datetime(2026, 11, 1, tzinfo=timezone.utc)
+TS = datetime(2026, 11, 1, tzinfo=UTC)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -40,7 +40,7 @@ def _result(value: Any) -> None:
 
 def write_batches(url: str, prefix: str, batches: int, size: int) -> None:
     """``batches`` acknowledged batches of ``size`` rows (the concurrent-writers test)."""
-    from serving.eventlog import EventLog
+    from storerec.events.eventlog import EventLog
 
     log = EventLog(url, flush_ms=5)
     _ready()
@@ -52,7 +52,7 @@ def write_batches(url: str, prefix: str, batches: int, size: int) -> None:
 
 def send_duplicates(url: str, ids: list[str], threads: int, seed: int) -> None:
     """Every thread sends every id (batches of 10, its own order); prints [stored sum, errors]."""
-    from serving.eventlog import EventLog
+    from storerec.events.eventlog import EventLog
 
     log = EventLog(url, flush_ms=5)
     stored, errors = [], []
@@ -80,7 +80,7 @@ def send_duplicates(url: str, ids: list[str], threads: int, seed: int) -> None:
 
 def upgrade_together(url: str) -> None:
     """One of two concurrent upgrades of a fresh database; prints ["ok", [before, after]]."""
-    from serving.eventlog import upgrade
+    from storerec.events.eventlog import upgrade
 
     _ready()
     try:
@@ -92,7 +92,7 @@ def upgrade_together(url: str) -> None:
 def ack_stream(url: str) -> None:
     """Write batches of 5 events for ever, printing each batch's number once acknowledged (the
     test SIGKILLs this process mid-stream)."""
-    from serving.eventlog import EventLog
+    from storerec.events.eventlog import EventLog
 
     log = EventLog(url, flush_ms=5)
     print("ready", flush=True)

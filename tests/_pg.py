@@ -6,15 +6,17 @@ database ``test``); tests that need it skip, with the reason, when it does not a
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from pathlib import Path
 
 HOST, PORT, USER, ADMIN_DB = "127.0.0.1", 5432, "postgres", "test"
 
 
-def _admin():  # noqa: ANN202 - psycopg.Connection, imported lazily
+def _admin():  # a psycopg.Connection (psycopg is imported lazily)
     import psycopg
 
     return psycopg.connect(host=HOST, port=PORT, user=USER, dbname=ADMIN_DB, autocommit=True, connect_timeout=3)
@@ -43,11 +45,26 @@ def url_of(dbname: str) -> str:
     return f"postgresql+psycopg://{USER}@{HOST}:{PORT}/{dbname}"
 
 
+PREFIX = "storerec_test_"
+USED = "postgresql-used"  # a file in the session's private TMPDIR: the session's end looks for its databases
+
+
+def session_prefix(marker: str) -> str:
+    """The start of the name of every database a test session (``marker``: its id) creates."""
+    return f"{PREFIX}{marker[:8]}_"
+
+
 @contextmanager
 def temp_database() -> Iterator[str]:
-    """A new empty database ``storerec_test_<random hex>``; yields its SQLAlchemy URL and drops
-    it afterwards (``WITH (FORCE)``: connections a test left open do not keep it alive)."""
-    name = f"storerec_test_{secrets.token_hex(6)}"
+    """A new empty database ``storerec_test_<session>_<xdist worker>_<random hex>`` (unique per
+    session, worker and call, so parallel workers and sessions never share one); yields its
+    SQLAlchemy URL and drops it afterwards (``WITH (FORCE)``: connections a test left open do not
+    keep it alive). The session's end drops, and reports, any of its databases still there."""
+    import tempfile
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")  # gw0, gw1, ... under pytest-xdist
+    name = f"{session_prefix(os.environ.get('STOREREC_TEST_SESSION', 'nosession'))}{worker}_{secrets.token_hex(6)}"
+    (Path(tempfile.gettempdir()) / USED).touch()
     with _admin() as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
@@ -55,3 +72,13 @@ def temp_database() -> Iterator[str]:
     finally:
         with _admin() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def leftover_databases(marker: str) -> list[str]:
+    """Drop the databases the test session ``marker`` left behind; returns their names."""
+    pattern = session_prefix(marker).replace("_", r"\_") + "%"
+    with _admin() as conn:
+        names = [row[0] for row in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (pattern,))]
+        for name in names:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return sorted(names)

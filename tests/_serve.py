@@ -1,17 +1,28 @@
-"""Start and stop the real service (``storerec serve``) for end-to-end tests."""
+"""The service for tests: in this process through its ASGI app (:func:`asgi_client`), or the real
+``storerec serve`` in a subprocess (:func:`start`, :func:`stop`; storerec/tools/serve_proc.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
+
+from storerec.tools.serve_proc import alive, descendants, free_port, rss_mb
+from storerec.tools.serve_proc import start as start_served
+from storerec.tools.serve_proc import stop as stop_served
+
+if TYPE_CHECKING:
+    from starlette.testclient import TestClient
+
+__all__ = ["alive", "asgi_client", "descendants", "free_port", "rss_mb", "start", "stop", "write_config"]
 
 
 def write_config(root: Path, store: Path, extra: str = "", eventlog: str = "") -> Path:
@@ -41,85 +52,55 @@ url = "sqlite:///{root / 'events.db'}"
     return cfg
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(cfg: Path, log_path: Path, port: int | None = None, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, httpx.Client]:
     """``storerec --config cfg serve`` on a free port (``env``: extra environment variables);
-    returns once /readyz answers 200."""
-    port = port or free_port()
-    with open(log_path, "a") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "storerec.cli", "--config", str(cfg), "serve", "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})},
-        )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if client.get("/readyz").status_code == 200:
-                tokens = re.findall(r"admin token for this start .*: (\S+)", log_path.read_text())
-                if tokens:  # made by `storerec serve` when the config sets none (the log may hold earlier starts)
-                    client.headers["x-admin-token"] = tokens[-1]
-                return proc, client
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.5)
-    stop(proc)
-    raise AssertionError("service did not become ready:\n" + log_path.read_text()[-4000:])
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie waiting for its parent to reap it counts as gone)."""
+    returns once /readyz answers 200, with a client that sends the printed admin token if any."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+        served = start_served(cfg, log_path, port=port, env=env)
+    except RuntimeError as exc:
+        raise AssertionError(str(exc)) from None
+    return served.proc, served.client()
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
-    """Send ``sig`` to the service's process group (``storerec serve``, exec'd into the BentoML
-    arbiter) and wait until the arbiter **and every worker** are gone. The workers run in
-    sessions of their own, so a SIGKILL of the arbiter reaches them only through their
-    watchdog (serving/watchdog.py): one still running after ``timeout`` s is killed and fails
-    the test."""
-    tree = descendants(proc.pid) if proc.poll() is None else []
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-    deadline = time.time() + timeout
-    while any(alive(p) for p in tree) and time.time() < deadline:
-        time.sleep(0.1)
-    left = [p for p in tree if alive(p)]
-    for p in left:
-        os.kill(p, signal.SIGKILL)
+    """Stop the service's process group and wait for every worker; a worker still running
+    ``timeout`` s after the arbiter stopped is killed and fails the test."""
+    left = stop_served(proc, sig, timeout)
     assert not left, f"service processes still running {timeout:.0f} s after the arbiter stopped (killed now): {left}"
+
+
+@contextmanager
+def asgi_client(cfg: Path, env: dict[str, str] | None = None) -> Iterator[TestClient]:
+    """The service in this process: BentoML's ASGI app of ``StoreRec`` (``to_asgi()``: the gate,
+    the endpoints, the mounted status app, BentoML's routes) behind Starlette's test client,
+    started (the lifespan runs the service's ``__init__``, which reads the settings from
+    ``cfg``) and stopped around the block. Like ``storerec serve``, the event log schema is
+    created first. ``env``: more variables (e.g. ``STOREREC__...`` settings), set only while it
+    starts."""
+    from starlette.testclient import TestClient
+
+    from storerec.cli.eventlog import prepare_for_serving
+    from storerec.core.settings import load_settings
+    from storerec.serving.launch import OVERRIDES_VAR, SERVICE_NAME
+    from storerec.serving.service import StoreRec
+
+    # BentoML's metrics register in prometheus' process-wide registry: a second app in this
+    # process would register them twice (GET /metrics is tested on the real service)
+    no_metrics = {"services": {SERVICE_NAME: {"metrics": {"enabled": False}}}}
+    variables = {"STOREREC_CONFIG": str(cfg), "OTEL_SDK_DISABLED": "true", OVERRIDES_VAR: json.dumps(no_metrics), **(env or {})}
+    saved = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:  # the variables only while it starts: subprocesses started meanwhile (a real service) must not see them
+        prepare_for_serving(load_settings())
+        client = TestClient(StoreRec.to_asgi())
+        client.__enter__()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    try:
+        yield client
+    finally:
+        client.__exit__(None, None, None)

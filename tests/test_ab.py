@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from evaluation.ab import analyze, per_unit, ratio_of_sums, srm, two_proportions, welch
+from storerec.evaluation.ab import analyze, per_unit, ratio_of_sums, srm, two_proportions, welch
 
 
 def test_two_proportion_z_test_matches_the_textbook() -> None:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.ab_report import ab_report
-from serving.eventlog import read_frames
 from storerec.cli import main
-from storerec.settings import load_settings
-from storerec.traffic import simulate_traffic
+from storerec.core.settings import load_settings
+from storerec.events.eventlog import read_frames
+from storerec.tools.traffic import simulate_traffic
+from storerec.training.ab_report import ab_report
 from tests._serve import start, stop, write_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -9,9 +9,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from features.simulate import load_truth
-from storerec.settings import Settings
-from training.pipeline import Split, Tables, TrainResult, make_split, train_and_evaluate
+from storerec.core.settings import Settings
+from storerec.features.simulate import load_truth
+from storerec.training.pipeline import Split, Tables, TrainResult, make_split, train_and_evaluate
 
 pytestmark = pytest.mark.slow
 S = Settings()
@@ -89,7 +89,7 @@ def test_category_popularity_beats_global(split: tuple[Tables, Split], results: 
 def test_trending_popularity_finds_the_planted_trending_items(store: Path) -> None:
     """On all data (as of the end), the planted trending items lead the trending list."""
     tables = Tables.load(store)
-    from training.pipeline import refit_full
+    from storerec.training.pipeline import refit_full
 
     model, prepared = refit_full(S, tables, "popularity", {"kind": "trending"})
     top = model.recommend(["anyone-new"], k=20)["item_id"].to_list()
@@ -99,7 +99,7 @@ def test_trending_popularity_finds_the_planted_trending_items(store: Path) -> No
 
 def test_new_arrivals_list_only_new_items(store: Path) -> None:
     tables = Tables.load(store)
-    from training.pipeline import refit_full
+    from storerec.training.pipeline import refit_full
 
     model, prepared = refit_full(S, tables, "popularity", {"kind": "new"})
     top = model.recommend(["anyone-new"], k=20)["item_id"].to_list()
@@ -123,7 +123,7 @@ def test_similar_items_stay_in_category(results: dict[str, TrainResult]) -> None
 def test_served_pipeline_trades_a_little_accuracy_for_variety(split: tuple[Tables, Split], results: dict[str, TrainResult]) -> None:
     """Offline evaluation through the serving pipeline: MMR raises intra-list diversity and the
     category cap holds in every list, at a bounded cost in NDCG."""
-    from training.pipeline import evaluate_served
+    from storerec.training.pipeline import evaluate_served
 
     _, sp = split
     res = results["als"]
@@ -139,3 +139,38 @@ def test_served_pipeline_trades_a_little_accuracy_for_variety(split: tuple[Table
     assert capped["diversity@10"] >= 0.8 - 1e-9
     assert mmr["ndcg@10"] >= 0.7 * plain["ndcg@10"], (mmr["ndcg@10"], plain["ndcg@10"])
     assert plain["ndcg@10"] > results["popularity"].metrics["ndcg@10"]
+
+
+@pytest.mark.parametrize("name", ["als", "itemknn"])
+def test_served_reasons_are_true(split: tuple[Tables, Split], results: dict[str, TrainResult], name: str) -> None:
+    """Every reason the served pipeline attaches (hot shoppers, with and without a product page
+    as context; the item page) is true on the store's data: ``tests/_reasons.py`` has one check
+    per registered reason code, and a code without one fails."""
+    from storerec.ranking.ranker import Context, Ranker
+    from storerec.ranking.reasons import REASONS
+    from tests._reasons import Shown, Truth, check_reason
+
+    _, sp = split
+    res = results[name]
+    items, profiles = res.prepared.item_table, res.prepared.profiles
+    ranker = Ranker(res.model, items, profiles, sp.train)
+    truth = Truth(res.model, sp.train, items, profiles)
+    buyers = sp.train.filter(pl.col("event_type") == "purchase").group_by("user_id").len()
+    users = buyers.filter(pl.col("len") >= 3).sort("user_id")["user_id"].head(12).to_list()
+    seen = set()
+    for n, user in enumerate(users):
+        page = items["item_id"][n * 37]
+        for context in (Context(), Context("product", (page,))):
+            result = ranker.rank(user, 10, context)
+            for it in result.items:
+                codes = tuple(r["code"] for r in it.reasons)
+                for reason in it.reasons:
+                    check_reason(truth, Shown(reason, it.item_id, user, result.user_kind, context.item_ids, all_reasons=codes))
+                    seen.add(reason["code"])
+        similar, together = ranker.similar(page, 5)
+        for it in similar + together:
+            for reason in it.reasons:
+                check_reason(truth, Shown(reason, it.item_id, page_item=page, all_reasons=(reason["code"],)))
+                seen.add(reason["code"])
+    assert seen <= set(REASONS)
+    assert {"because_viewed", "popular_in_your_category", "similar_to_context"} <= seen, seen

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.control import ControlStore, ModelSync, absolute_url, is_alias, live_workers, service_key
+from storerec.serving.control import ControlStore, ModelSync, absolute_url, is_alias, live_workers, service_key
 
 
 def store(tmp_path: Path | str, name: str = "storerec@127.0.0.1:3000") -> ControlStore:
@@ -226,7 +226,7 @@ def test_a_worker_keeps_serving_when_the_store_fails(tmp_path: Path) -> None:
 WATCHED = """
 import os, sys, time
 from pathlib import Path
-from serving.watchdog import watch_parent
+from storerec.serving.watchdog import watch_parent
 mark = Path(sys.argv[1])
 watch_parent(lambda: mark.write_text("cleaned"), interval_s=0.1, grace_s=2.0, signal_on_death=None)
 Path(sys.argv[2]).write_text(str(os.getpid()))

@@ -1,14 +1,14 @@
 """Interaction matrix and feature matrices."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
 import pytest
 
-from models.dataset import IdMap, InteractionConfig, interaction_matrix, item_features, user_features
+from storerec.models.dataset import IdMap, InteractionConfig, interaction_matrix, item_features, user_features
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _events() -> pl.DataFrame:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from serving.experiments import assign, bucket, load_experiments
-from serving.freqcap import FrequencyCap
-from storerec.errors import UserError
+from storerec.core.errors import UserError
+from storerec.events.experiments import assign, bucket, load_experiments
+from storerec.serving.freqcap import FrequencyCap
 
 GOOD = """
 [[experiment]]
@@ -57,7 +57,7 @@ def test_bad_files_name_the_problem(tmp_path: Path, change: tuple[str, str], mes
 
 
 def test_missing_and_broken_files(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="not found"):
+    with pytest.raises(UserError, match=r"does not exist \(set by experiments\.file\)"):  # the settings key that names it
         load_experiments(tmp_path / "nope.toml")
     with pytest.raises(UserError, match="not valid TOML"):
         load_experiments(write(tmp_path, "[[experiment]\nname="))
@@ -79,7 +79,7 @@ def test_assignment_is_deterministic_sticky_and_follows_shares(tmp_path: Path) -
 
 def test_targeting_windows_and_anonymous_shoppers(tmp_path: Path) -> None:
     exps = load_experiments(write(tmp_path, GOOD))
-    now = datetime(2026, 11, 20, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 20, tzinfo=UTC)
     a = assign(exps, set(), user_id="u1", session_id=None, profile={"segment": "active"}, now=now)
     assert a.experiment == "ab" and a.variant in ("control", "treatment")
     assert assign(exps, set(), user_id="u1", session_id=None, profile={"segment": "churned"}, now=now).experiment is None
@@ -96,7 +96,7 @@ def test_targeting_windows_and_anonymous_shoppers(tmp_path: Path) -> None:
 
 def test_frequency_cap_holds_back_and_forgets() -> None:
     cap = FrequencyCap(max_impressions=3, window_hours=24, hold_hours=48)
-    t0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    t0 = datetime(2026, 11, 1, tzinfo=UTC)
     for h in range(3):
         cap.record_impression("u", ["a", "b"], t0 + timedelta(hours=h))
     assert sorted(cap.held_back("u", t0 + timedelta(hours=3))) == ["a", "b"]

@@ -6,14 +6,14 @@ and no id in clear in the logs of an end-to-end run."""
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from features.forget import forgotten_hashes, redact, user_hash
 from storerec.cli import main
+from storerec.features.forget import forgotten_hashes, redact, user_hash
 
 
 def _copy_store(store: Path, dst: Path) -> Path:
@@ -70,11 +70,11 @@ def test_ids_from_a_file_and_no_ids_at_all(store: Path, tmp_path: Path, capsys: 
 
 
 def test_forget_cleans_the_event_log(eventlog_url: str, tmp_path: Path) -> None:
-    from serving.eventlog import EventLog, read_frames, upgrade
+    from storerec.events.eventlog import EventLog, read_frames, upgrade
 
     upgrade(eventlog_url)
     log = EventLog(eventlog_url, flush_ms=10)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for user, rid in (("gone-1", "r-gone"), ("kept-1", "r-kept")):
         log.log_impression({"request_id": rid, "ts": now, "user_id": user, "session_id": None, "experiment": None, "variant": None,
                             "model": "als", "model_version": "1", "page": "home"}, ["i1", "i2"])
@@ -134,8 +134,8 @@ def test_service_forgets_after_reload_and_logs_no_ids(store: Path, tmp_path: Pat
         assert c.post("/score", json={"user_id": gone}).status_code == 404
         assert c.post("/recommend", json={"user_id": kept, "k": 5}).json()["user_kind"] == "hot"
 
-        from serving.eventlog import read_frames
-        from storerec.settings import load_settings
+        from storerec.core.settings import load_settings
+        from storerec.events.eventlog import read_frames
 
         settings = load_settings(cfg, environ={})
         frames = read_frames(settings.eventlog.url)
@@ -143,8 +143,8 @@ def test_service_forgets_after_reload_and_logs_no_ids(store: Path, tmp_path: Pat
         assert rid not in frames["feedback"]["request_id"].to_list()
 
         # the registry: v1 still holds the user; a version trained now does not
-        from storerec.forget import versions_containing_forgotten
-        from training import tracking
+        from storerec.registry import tracking
+        from storerec.training.forget import versions_containing_forgotten
 
         client = tracking.configure(settings.mlflow)
         listed = versions_containing_forgotten(client, settings.registered_model_name(), data)
@@ -164,9 +164,9 @@ def test_service_forgets_after_reload_and_logs_no_ids(store: Path, tmp_path: Pat
 
 def test_a_restored_old_table_still_hides_forgotten_users(store: Path, tmp_path: Path) -> None:
     """Safety net: a table copied back from a backup after the erasure still reads without them
-    (profiles, training and serving all read through features.io.read_table)."""
-    from features import io
-    from features.forget import record_forgotten
+    (profiles, training and serving all read through storerec.features.io.read_table)."""
+    from storerec.features import io
+    from storerec.features.forget import record_forgotten
 
     data = _copy_store(store, tmp_path / "data")
     gone, kept = _two_users(data)

@@ -2,20 +2,26 @@
 validation, one error shape, and an OpenAPI document that matches what is enforced.
 
 Unit tests drive the Gate in front of a stub ASGI app that records what reached it (what the
-endpoints would see); the e2e tests at the end run the same cases against the real service."""
+endpoints would see); then the same cases run against the service's own ASGI app in this process
+(a popularity model); the last few run against the real `storerec serve` for what only a real
+process shows: the printed admin token, a 200 MB chunked body against the worker's memory, the
+server log, the load generator's sockets, schemathesis, a locked event log."""
 
 from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC
 from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
-from serving.http import ROUTES, Gate, openapi_spec
+from storerec.core.settings import Settings
+from storerec.serving.http import ROUTES, Gate, GateConfig, openapi_spec
 
 TOKEN = "t0ken-for-tests"
+ORIGIN = "https://shop.example.com"
 
 
 class Downstream:
@@ -38,9 +44,9 @@ class Downstream:
 
 def gate(token: str | None = TOKEN, origins: list[str] | None = None, max_bytes: int = 4096) -> tuple[TestClient, Downstream]:
     down = Downstream()
-    app = Gate(down, max_bytes=max_bytes, admin_token=lambda: token, cors_origins=origins or [],
-               status_routes={"/readyz": lambda: (503, {"ready": False, "reasons": ["x"]})})
-    return TestClient(app), down
+    defaults = GateConfig.from_settings(Settings())  # the default accepted window of event timestamps
+    config = GateConfig(max_bytes=max_bytes, admin_token=token, cors_origins=origins or [], validation_context=defaults.validation_context)
+    return TestClient(Gate(down, config=config)), down
 
 
 def assert_error(r, status: int, field: str | None = None, code: str | None = None) -> dict:
@@ -141,10 +147,10 @@ def test_event_timestamps_out_of_range_are_refused(ts) -> None:
 
 
 def test_a_recent_event_passes() -> None:
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     client, down = gate()
-    ts = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()
+    ts = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
     r = client.post("/events", json={"events": [{"request_id": "r", "item_id": "i1", "event_type": "purchase", "revenue": 3, "timestamp": ts}]})
     assert r.status_code == 200 and len(down.bodies) == 1
 
@@ -193,6 +199,47 @@ def test_cors_allow_list_for_public_endpoints() -> None:
     assert_error(r, 403)
 
 
+def test_the_window_of_event_timestamps_comes_from_the_settings() -> None:
+    """events.max_future_seconds and eventlog.max_event_age_days reach the validators through the
+    gate's validation context; BentoML's own parse (no context) does not refuse again what the
+    gate let through."""
+    from datetime import datetime, timedelta
+
+    from storerec.serving.schemas import EventsRequest
+
+    soon = (datetime.now(UTC) + timedelta(minutes=30)).isoformat()
+    body = {"events": [{"request_id": "r", "item_id": "i1", "event_type": "click", "timestamp": soon}]}
+    client, down = gate()  # the defaults: 300 s ahead at most
+    assert_error(client.post("/events", json=body), 422, field="events.0")
+    settings = Settings.model_validate({"events": {"max_future_seconds": 3600}, "eventlog": {"max_event_age_days": 400}})
+    down = Downstream()
+    client = TestClient(Gate(down, config=lambda: GateConfig.from_settings(settings)))
+    assert client.post("/events", json=body).status_code == 200 and len(down.bodies) == 1
+    old = {"events": [{"request_id": "r", "item_id": "i1", "event_type": "click", "timestamp": "2000-01-01T00:00:00Z"}]}
+    assert_error(client.post("/events", json=old), 422, field="events.0")
+    EventsRequest.model_validate_json(json.dumps(old))  # no context: not checked (the gate did)
+
+
+def test_get_readyz_goes_to_the_status_app_with_cors_headers() -> None:
+    """BentoML's own /readyz route shadows a mounted one; the gate hands GET /readyz to the app
+    given as ``readyz`` (the service's status app), other GETs go on to BentoML's app."""
+    seen: list[str] = []
+
+    async def status_app(scope: dict, receive: Any, send: Any) -> None:
+        seen.append(scope["path"])
+        await send({"type": "http.response.start", "status": 503, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"ready": false, "reasons": ["x"]}'})
+
+    down = Downstream()
+    config = GateConfig(max_bytes=4096, admin_token=None, cors_origins=[ORIGIN])
+    client = TestClient(Gate(down, config=config, readyz=status_app))
+    r = client.get("/readyz", headers={"origin": ORIGIN})
+    assert r.status_code == 503 and r.json()["reasons"] == ["x"] and r.headers["access-control-allow-origin"] == ORIGIN
+    assert seen == ["/readyz"] and down.bodies == []
+    assert client.get("/experiments", headers={"origin": ORIGIN}).headers["access-control-allow-origin"] == ORIGIN
+    assert client.get("/healthz").status_code == 200 and len(down.bodies) == 2 and seen == ["/readyz"]
+
+
 def test_wrong_method_is_405_in_the_error_shape() -> None:
     client, _ = gate()
     r = client.get("/recommend")
@@ -229,7 +276,7 @@ def test_openapi_documents_every_status_the_service_answers() -> None:
     assert {"type": "null"} in rec["experiment"]["anyOf"] and {"type": "null"} in rec["variant"]["anyOf"]
 
 
-# ---- end to end: the same cases against the real service -------------------------------------------
+# ---- the service's own ASGI app, in this process ----------------------------------------------------
 
 import os  # noqa: E402
 import socket  # noqa: E402
@@ -237,20 +284,103 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from storerec.cli import main  # noqa: E402
-from storerec.soak import descendants, rss_mb  # noqa: E402
-from tests._serve import start, stop, write_config  # noqa: E402
-
-ORIGIN = "https://shop.example.com"
+from tests._serve import asgi_client, descendants, rss_mb, start, stop, write_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def live(store: Path, tmp_path_factory: pytest.TempPathFactory):
+def trained(store: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A popularity champion in a private registry, with CORS open to ORIGIN, metrics and the
+    access log off and no admin token configured (`storerec serve` makes and prints one)."""
     root = tmp_path_factory.mktemp("http")
-    cfg = write_config(root, store, extra=f'[serving]\naccess_log = false\ncors_origins = ["{ORIGIN}"]')
+    cfg = write_config(root, store, extra=f'[serving]\naccess_log = false\nmetrics = false\ncors_origins = ["{ORIGIN}"]')
     assert main(["--config", str(cfg), "-q", "train", "--model", "popularity"]) == 0
     assert main(["--config", str(cfg), "-q", "promote", "--version", "1"]) == 0
-    proc, client = start(cfg, root / "serve.log")
-    yield {"proc": proc, "client": client, "log": root / "serve.log", "cfg": cfg, "root": root}
+    return {"root": root, "cfg": cfg}
+
+
+@pytest.fixture(scope="module")
+def app(trained: dict):
+    with asgi_client(trained["cfg"], env={"STOREREC__SERVING__ADMIN_TOKEN": TOKEN}) as client:
+        yield client
+
+
+@pytest.mark.slow
+def test_app_non_json_bodies_get_415_on_every_post_endpoint(app) -> None:
+    for path in ROUTES:
+        for ctype in ("multipart/form-data", "text/plain", "application/x-www-form-urlencoded"):
+            r = app.post(path, content=b'{"user_id":"u1","k":3}', headers={"content-type": ctype, "x-admin-token": TOKEN})
+            assert_error(r, 415)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path, raw, field, status", [
+    ("/recommend", b'{"user_id": "u1", "k": true}', "k", 400),
+    ("/recommend", b'{"user_id": "u1", "k": "5"}', "k", 400),
+    ("/recommend", b'{"user_id": "u1", "filters": {"min_price": Infinity}}', "filters.min_price", 400),
+    ("/events", b'{"events": [{"request_id": "r", "item_id": "i1", "event_type": "click", "timestamp": "0001-01-01T00:00:00Z"}]}', "events.0", 422),
+    ("/recommend", b'{"user_id": "u1", "filters": {"include_categories": ["Nope"]}}', "filters.include_categories", 404),
+    ("/trending", b'{"category": "Nope"}', "category", 404),
+])
+def test_app_strict_input_and_one_error_shape(app, path, raw, field, status) -> None:
+    r = app.post(path, content=raw, headers={"content-type": "application/json"})
+    assert_error(r, status, field=field)
+
+
+@pytest.mark.slow
+def test_app_unknown_ids_get_404_in_the_error_shape(app) -> None:
+    assert_error(app.post("/similar_items", json={"item_id": "no-such-item"}), 404, field="item_id")
+    assert_error(app.post("/recommend", json={"user_id": "u1", "filters": {"exclude_categories": ["Nope"]}}), 404,
+                 field="filters.exclude_categories")
+
+
+@pytest.mark.slow
+def test_app_admin_needs_the_token_and_json(app) -> None:
+    bare = {"content-type": "application/json"}
+    assert_error(app.post("/admin/reload", content=b"{}", headers=bare), 403)
+    r = app.post("/admin/reload", content=b'{"model":"1"}', headers={"content-type": "text/plain", "origin": "http://evil.example"})
+    assert r.status_code in (403, 415) and "access-control-allow-origin" not in r.headers
+    r = app.post("/admin/reload", json={"model": "1"}, headers={"x-admin-token": TOKEN})
+    assert r.status_code == 200 and r.json()["model_version"] == "1", r.text
+    assert_error(app.post("/admin/reload", json={"model": "77"}, headers={"x-admin-token": TOKEN}), 404, field="model")
+
+
+@pytest.mark.slow
+def test_app_cors_preflight_and_headers(app) -> None:
+    r = app.options("/recommend", headers={"origin": ORIGIN, "access-control-request-method": "POST"})
+    assert r.status_code == 204 and r.headers["access-control-allow-origin"] == ORIGIN
+    r = app.post("/recommend", json={"user_id": "u1", "k": 3}, headers={"origin": ORIGIN})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == ORIGIN
+    for path in ("/readyz", "/experiments", "/docs.json"):
+        r = app.get(path, headers={"origin": ORIGIN})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == ORIGIN, path
+    r = app.options("/recommend", headers={"origin": "https://evil.example", "access-control-request-method": "POST"})
+    assert_error(r, 403)
+
+
+@pytest.mark.slow
+def test_app_spec_is_the_one_enforced_and_other_methods_get_405(app) -> None:
+    r = app.get("/docs.json")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.json() == json.loads(json.dumps(openapi_spec()))
+    assert app.get("/").status_code == 200  # BentoML's page showing it
+    assert_error(app.get("/recommend"), 405)
+    for path in ("/readyz", "/experiments", "/docs.json", "/healthz"):
+        r = app.post(path, json={})
+        assert_error(r, 405)
+        assert r.headers["allow"] == "GET"
+    assert app.get("/no-such-path").status_code == 404
+
+
+# ---- the real service (`storerec serve`) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def live(trained: dict):
+    root = trained["root"]
+    env = {"STOREREC__EVENTLOG__URL": f"sqlite:///{root / 'live-events.db'}"}  # apart from the in-process app's
+    proc, client = start(trained["cfg"], root / "serve.log", env=env)
+    yield {"proc": proc, "client": client, "log": root / "serve.log", "cfg": trained["cfg"], "root": root,
+           "events_db": root / "live-events.db"}
     stop(proc)
 
 
@@ -301,86 +431,59 @@ def test_live_chunked_200mb_body_gets_413_without_growing_the_worker(live) -> No
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_live_non_json_bodies_get_415_on_every_post_endpoint(live) -> None:
-    c = live["client"]
-    for path in ROUTES:
-        for ctype in ("multipart/form-data", "text/plain", "application/x-www-form-urlencoded"):
-            r = c.post(path, content=b'{"user_id":"u1","k":3}', headers={"content-type": ctype})
-            assert_error(r, 415)
-
-
-@pytest.mark.e2e
-@pytest.mark.slow
-@pytest.mark.parametrize("path, raw, field, status", [
-    ("/recommend", b'{"user_id": "u1", "k": true}', "k", 400),
-    ("/recommend", b'{"user_id": "u1", "k": "5"}', "k", 400),
-    ("/recommend", b'{"user_id": "u1", "filters": {"min_price": Infinity}}', "filters.min_price", 400),
-    ("/events", b'{"events": [{"request_id": "r", "item_id": "i1", "event_type": "click", "timestamp": "0001-01-01T00:00:00Z"}]}', "events.0", 422),
-    ("/recommend", b'{"user_id": "u1", "filters": {"include_categories": ["Nope"]}}', "filters.include_categories", 404),
-    ("/trending", b'{"category": "Nope"}', "category", 404),
-])
-def test_live_strict_input_and_one_error_shape(live, path, raw, field, status) -> None:
-    r = live["client"].post(path, content=raw, headers={"content-type": "application/json"})
-    assert_error(r, status, field=field)
-
-
-@pytest.mark.e2e
-@pytest.mark.slow
-def test_live_unknown_ids_get_404_in_the_error_shape(live) -> None:
-    c = live["client"]
-    assert_error(c.post("/similar_items", json={"item_id": "no-such-item"}), 404, field="item_id")
-    assert_error(c.post("/recommend", json={"user_id": "u1", "filters": {"exclude_categories": ["Nope"]}}), 404,
-                 field="filters.exclude_categories")
-
-
-@pytest.mark.e2e
-@pytest.mark.slow
-def test_live_admin_needs_the_printed_token_and_json(live) -> None:
+def test_live_printed_admin_token_opens_the_admin_endpoints(live) -> None:
     c = live["client"]
     token = c.headers["x-admin-token"]  # printed by `storerec serve` (no token in the config)
-    bare = {"content-type": "application/json", "x-admin-token": ""}
-    assert_error(c.post("/admin/reload", content=b"{}", headers=bare), 403)
-    r = c.post("/admin/reload", content=b'{"model":"1"}', headers={"content-type": "text/plain", "origin": "http://evil.example", "x-admin-token": ""})
-    assert r.status_code in (403, 415) and "access-control-allow-origin" not in r.headers
+    assert token.startswith("sr-")
+    assert_error(c.post("/admin/reload", json={}, headers={"x-admin-token": ""}), 403)
     r = c.post("/admin/reload", json={"model": "1"}, headers={"x-admin-token": token})
     assert r.status_code == 200, r.text
-    assert_error(c.post("/admin/reload", json={"model": "77"}, headers={"x-admin-token": token}), 404, field="model")
 
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_live_cors_preflight_and_headers(live) -> None:
+def test_live_log_has_one_info_line_per_4xx_and_no_access_lines(live) -> None:
+    """The process-level options reach BentoML: the access log is off (serving.access_log =
+    false: no access lines), /metrics is off (serving.metrics = false: 404), and storerec's own
+    INFO lines pass BentoML's server logging."""
     c = live["client"]
-    r = c.options("/recommend", headers={"origin": ORIGIN, "access-control-request-method": "POST"})
-    assert r.status_code == 204 and r.headers["access-control-allow-origin"] == ORIGIN
-    r = c.post("/recommend", json={"user_id": "u1", "k": 3}, headers={"origin": ORIGIN})
-    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == ORIGIN
-    r = c.options("/recommend", headers={"origin": "https://evil.example", "access-control-request-method": "POST"})
-    assert_error(r, 403)
-
-
-@pytest.mark.e2e
-@pytest.mark.slow
-def test_live_spec_is_the_one_enforced_and_4xx_are_one_info_line(live) -> None:
-    c = live["client"]
-    assert c.get("/docs.json").json() == json.loads(json.dumps(openapi_spec()))
     c.post("/recommend", json={"user_id": "u1", "k": "five"})
     c.post("/recommend", content=b"{}", headers={"content-type": "multipart/form-data"})
+    assert c.post("/recommend", json={"user_id": "u1", "k": 3}).status_code == 200
+    assert c.get("/metrics").status_code == 404
     time.sleep(0.5)
     text = live["log"].read_text()
     assert "Traceback" not in text and "IODescriptor" not in text
     lines = [line for line in text.splitlines() if "400 POST /recommend: k:" in line]
     assert lines and all("[INFO]" in line for line in lines)
+    assert "(scheme=http" not in text, "an access log line although serving.access_log = false"
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_live_load_generator_against_the_service(live) -> None:
+    """The benchmark's client (raw sockets): every request answered 200, latencies recorded."""
+    from storerec.tools.loadgen import post_request, run_load
+
+    port = live["client"].base_url.port
+    reqs = [post_request("127.0.0.1", port, "/recommend", {"user_id": f"u{i:05d}", "k": 10}) for i in range(1, 6)]
+    res = run_load("127.0.0.1", port, reqs, concurrency=2, warmup_s=0.2, duration_s=1.0)
+    summary = res.summary()
+    assert summary["errors"] == 0 and summary["requests"] > 10
+    assert 0 < summary["p50_ms"] <= summary["p99_ms"]
+    bad = [post_request("127.0.0.1", port, "/recommend", {"user_id": "u", "k": 0})]
+    res = run_load("127.0.0.1", port, bad, concurrency=1, warmup_s=0.0, duration_s=0.3)
+    assert res.requests == 0 and res.errors.get("HTTP 400", 0) > 0
 
 
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_live_fuzz_finds_no_server_error_or_schema_violation(live, tmp_path: Path) -> None:
     """A short `make fuzz`: schemathesis against the live spec (the full run is `make fuzz`)."""
-    from storerec.fuzz import run_schemathesis
+    from storerec.tools.fuzz import run_schemathesis
 
     url = str(live["client"].base_url).rstrip("/")
-    summary = run_schemathesis(url, tmp_path, examples=int(os.environ.get("STOREREC_FUZZ_EXAMPLES", "15")),
+    summary = run_schemathesis(url, tmp_path, examples=int(os.environ.get("STOREREC_FUZZ_EXAMPLES", "5")),
                                token=live["client"].headers["x-admin-token"], log=lambda s: None)
     assert summary["exit_code"] == 0, summary["tail"]
     assert summary["cases"] and summary["cases"] >= 7 * 10, summary
@@ -397,10 +500,10 @@ def test_live_locked_event_log_turns_readyz_503_and_recovers(live) -> None:
     import sqlite3
     import threading
 
-    from serving.eventlog import read_frames
+    from storerec.events.eventlog import read_frames
 
     c = live["client"]
-    db = live["root"] / "events.db"
+    db = live["events_db"]
     rid = c.post("/recommend", json={"user_id": "u00001", "k": 3}).json()["request_id"]
     locked, release = threading.Event(), threading.Event()
 

@@ -6,20 +6,21 @@ import json
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from features.importer import HINT, ImportRejected, ImportSummary, import_files
-from features.io import read_table
-from features.schema import TABLES, Columns as C
-from features.validate import parse_datetime
 from storerec.cli import main
-from storerec.errors import UserError
-from storerec.progress import Progress
-from storerec.settings import Settings
+from storerec.core.errors import UserError
+from storerec.core.progress import Progress
+from storerec.core.schema import TABLES
+from storerec.core.schema import Columns as C
+from storerec.core.settings import Settings
+from storerec.features.importer import HINT, ImportRejected, ImportSummary, import_files
+from storerec.features.io import read_table
+from storerec.features.validate import parse_datetime
 
 EVENTS_HEADER = "user_id,item_id,event_type,timestamp,quantity,price,session_id,value"
 GOOD_EVENTS = [
@@ -68,14 +69,14 @@ def test_good_import_has_exact_dtypes_order_and_values(tmp_path: Path) -> None:
     data = tmp_path / "data"
     for table, schema in TABLES.items():
         df = read_table(data, table)
-        assert df.schema == pl.Schema(schema), table  # dtypes exactly as in features.schema
+        assert df.schema == pl.Schema(schema), table  # dtypes exactly as in storerec.core.schema
     ev = read_table(data, "events")
     assert ev[C.User].to_list() == ["u2", "u1", "u1", "u3"]  # file order kept
     assert ev[C.Timestamp].to_list() == [
-        datetime(2024, 3, 1, 10, tzinfo=timezone.utc),
-        datetime(2024, 3, 1, 9, 30, tzinfo=timezone.utc),  # +02:00 converted to UTC
-        datetime(2024, 3, 1, 10, tzinfo=timezone.utc),  # +01:00
-        datetime(2024, 3, 2, tzinfo=timezone.utc),
+        datetime(2024, 3, 1, 10, tzinfo=UTC),
+        datetime(2024, 3, 1, 9, 30, tzinfo=UTC),  # +02:00 converted to UTC
+        datetime(2024, 3, 1, 10, tzinfo=UTC),  # +01:00
+        datetime(2024, 3, 2, tzinfo=UTC),
     ]
     assert ev[C.Quantity].to_list() == [1, 2, 1, 1]  # empty -> default 1
     assert ev[C.Price].to_list() == [None, 9.99, None, None]
@@ -86,7 +87,7 @@ def test_good_import_has_exact_dtypes_order_and_values(tmp_path: Path) -> None:
     assert it[C.InStock].to_list() == [True, True]
     assert it[C.Brand].to_list() == ["Acme", None]
     us = read_table(data, "users")
-    assert us[C.SignupAt].to_list() == [datetime(2023, 1, 1, tzinfo=timezone.utc), None]
+    assert us[C.SignupAt].to_list() == [datetime(2023, 1, 1, tzinfo=UTC), None]
 
     assert all(t.read == t.accepted for t in summary.tables.values())
     assert summary.tables["events"].output == data / "events.parquet"
@@ -119,7 +120,7 @@ def test_parse_datetime_formats() -> None:
         ]
     )
     got = parse_datetime(values).to_list()
-    utc = timezone.utc
+    utc = UTC
     assert got[:4] == [
         datetime(2024, 5, 1, tzinfo=utc),
         datetime(2024, 5, 1, 10, tzinfo=utc),
@@ -135,7 +136,7 @@ def test_parse_datetime_formats() -> None:
 # ---------------------------------------------------------------------------------------------
 # One test per validation error: the report names the file, row (line) and field.
 
-FUTURE = (datetime.now(timezone.utc) + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+FUTURE = (datetime.now(UTC) + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
 E_OK = "u1,i1,view,2024-01-01T00:00:00Z,1,1.0,,"  # row 1 of every events case
 
 EVENT_CASES = {
@@ -287,7 +288,7 @@ def test_failed_write_takes_quarantine_files_back(tmp_path: Path, monkeypatch: p
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("features.importer.write_tables", broken)
+    monkeypatch.setattr("storerec.features.importer.write_tables", broken)
     bad = _csv(tmp_path / "bad.csv", EVENTS_HEADER, [*GOOD_EVENTS, ",i1,view,2024-01-01,1,,,"])
     with pytest.raises(OSError):
         _import(tmp_path, events=bad, quarantine=True, mode="replace")
@@ -355,7 +356,7 @@ def test_mapping_renames_columns_maps_values_and_times(tmp_path: Path) -> None:
     ev = read_table(tmp_path / "data", "events")
     assert ev[C.User].to_list() == ["c1", "c2", "c3"]
     assert ev[C.EventType].to_list() == ["purchase", "view", "view"]
-    assert ev[C.Timestamp][0] == datetime(2024, 7, 1, 10, tzinfo=timezone.utc)  # Paris summer time is UTC+2
+    assert ev[C.Timestamp][0] == datetime(2024, 7, 1, 10, tzinfo=UTC)  # Paris summer time is UTC+2
     assert summary.tables["events"].ignored_columns == ["note"]
     assert "ignored columns: note" in summary.render()
     assert read_table(tmp_path / "data", "items")[C.Category].to_list() == ["Garden"]
@@ -446,7 +447,7 @@ def test_parquet_input_with_native_types(tmp_path: Path) -> None:
             "user_id": ["u1", "u2", "u3"],
             "item_id": ["i1", "i2", "i1"],
             "event_type": ["view", "purchase", "view"],
-            "timestamp": [datetime(2024, 2, 1, tzinfo=timezone.utc)] * 2 + [None],
+            "timestamp": [datetime(2024, 2, 1, tzinfo=UTC)] * 2 + [None],
             "quantity": [1, 3, 1],
         }
     ).write_parquet(events)
@@ -464,7 +465,7 @@ def test_parquet_input_with_native_types(tmp_path: Path) -> None:
     assert it[C.Tags].to_list() == [["a", "b|c"], []]  # native lists kept as they are
     assert it[C.Price].to_list() == [1.25, 3.0]
     assert it[C.InStock].to_list() == [False, True]
-    assert it[C.CreatedAt][0] == datetime(2024, 1, 1, 12, tzinfo=timezone.utc)
+    assert it[C.CreatedAt][0] == datetime(2024, 1, 1, 12, tzinfo=UTC)
     assert read_table(tmp_path / "data", "events")[C.Quantity].to_list() == [1, 3]
 
 
@@ -580,13 +581,13 @@ def test_append_adds_rows_and_skips_rows_already_there(tmp_path: Path, capsys: p
 def test_export_events_suggests_append_and_that_command_keeps_history(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from serving.eventlog import EventLog, upgrade
+    from storerec.events.eventlog import EventLog, upgrade
 
     data = _store(tmp_path)
     url = f"sqlite:///{tmp_path / 'log.db'}"
     upgrade(url)
     log = EventLog(url, flush_ms=5)
-    ts = datetime(2024, 4, 2, tzinfo=timezone.utc)
+    ts = datetime(2024, 4, 2, tzinfo=UTC)
     rows = [
         {"event_id": "e1", "ts": ts, "request_id": "r", "user_id": "u7", "session_id": "s", "item_id": "i1", "event_type": "click", "revenue": 0.0},
         {"event_id": "e2", "ts": ts, "request_id": "r", "user_id": "u7", "session_id": "s", "item_id": "i2", "event_type": "purchase", "revenue": 4.5},
@@ -659,7 +660,7 @@ def test_appended_items_keep_one_row_per_id(tmp_path: Path) -> None:
 
 
 def test_rows_already_in_matches_on_event_id_when_both_tables_have_it() -> None:
-    from features.importer import rows_already_in
+    from storerec.features.importer import rows_already_in
 
     old = pl.DataFrame({"event_id": ["a", None, "c"], "user_id": ["u1", "u2", "u3"]})
     new = pl.DataFrame({"event_id": ["a", None, None, "d", "c"], "user_id": ["other", "u2", "u3", "u2", "u3"]})
@@ -669,7 +670,7 @@ def test_rows_already_in_matches_on_event_id_when_both_tables_have_it() -> None:
 
 
 def test_rows_of_forgotten_users_are_dropped_on_every_kind_of_import(tmp_path: Path) -> None:
-    from features.forget import record_forgotten
+    from storerec.features.forget import record_forgotten
 
     data = tmp_path / "data"
     record_forgotten(data, ["u1"])
@@ -714,7 +715,7 @@ def test_parquet_ids_must_be_strings_or_integers(tmp_path: Path, column: str, va
         "user_id": ["u1", "u2"],
         "item_id": ["i1", "i2"],
         "event_type": ["view", "view"],
-        "timestamp": [datetime(2024, 1, 1, tzinfo=timezone.utc)] * 2,
+        "timestamp": [datetime(2024, 1, 1, tzinfo=UTC)] * 2,
         "session_id": ["s1", "s2"],
     }
     frame[column] = values
@@ -762,7 +763,7 @@ def test_numeric_timestamps_need_timestamp_unit(tmp_path: Path) -> None:
     assert "under [events] in the mapping" in str(exc.value)
 
     _import(tmp_path, events=events, mapping=_mapping(tmp_path, '[events]\ntimestamp_unit = "s"\n'))
-    expected = [datetime(2024, 3, 1, 10, tzinfo=timezone.utc), datetime(2024, 3, 1, 10, 1, tzinfo=timezone.utc)]
+    expected = [datetime(2024, 3, 1, 10, tzinfo=UTC), datetime(2024, 3, 1, 10, 1, tzinfo=UTC)]
     assert read_table(tmp_path / "data", "events")[C.Timestamp].to_list() == expected
 
     millis = tmp_path / "millis.parquet"
@@ -786,7 +787,7 @@ def test_numeric_timestamps_need_timestamp_unit(tmp_path: Path) -> None:
 
 
 def test_parse_datetime_with_a_unit() -> None:
-    utc = timezone.utc
+    utc = UTC
     values = pl.Series(["1714557600", "1714557600.5", "-86400", "1.7145576e9", "soon", None, "99999999999999999999"])
     got = parse_datetime(values, unit="s").to_list()
     assert got[:4] == [
@@ -832,7 +833,10 @@ def test_unterminated_quote_names_the_row_and_prints_no_rows(tmp_path: Path, cap
     events = _csv(tmp_path / "events.csv", "user_id,item_id,event_type,timestamp", rows)
     assert main(["-q", "import", "--events", str(events), "--data-dir", str(tmp_path / "data")]) == 2
     line = _err_line(capsys)
-    assert line == f"error: {events}: unterminated quote starting at row 12 (line 13): check the quoting of that row (a field that starts with a quote must end with one)"
+    assert line == (
+        f"error: {events}: unterminated quote starting at row 12 (line 13): "
+        "check the quoting of that row (a field that starts with a quote must end with one)"
+    )
     assert "secret-user" not in line
 
 
@@ -876,7 +880,7 @@ def test_invalid_utf8_names_byte_and_row(tmp_path: Path, capsys: pytest.CaptureF
 
 
 def test_reports_redact_user_ids_and_personal_attributes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from features.forget import redact
+    from storerec.features.forget import redact
 
     users = _csv(
         tmp_path / "users.csv",
@@ -891,7 +895,7 @@ def test_reports_redact_user_ids_and_personal_attributes(tmp_path: Path, capsys:
     for secret in ("alice", "example.com", "bob", "Lyon", "doctor", "35-44"):
         assert secret not in err, secret
     # Personal attributes are shown as <redacted> (MovieLens' age is one).
-    from features.importer import _shown
+    from storerec.features.importer import _shown
 
     assert [_shown("users", f, "x") for f in ("age_band", "gender", "region", "occupation", "age")] == ["<redacted>"] * 5
     assert _shown("events", "item_id", "i1") == "'i1'" and _shown("events", "user_id", None) == "(empty)"

@@ -1,13 +1,13 @@
 """Atomic writes: a failure part-way leaves every previous file untouched."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from features import io
-from features.schema import EVENTS_SCHEMA, check_schema, conform
+from storerec.core.schema import EVENTS_SCHEMA, check_schema, conform
+from storerec.features import io
 
 
 def _events(n: int) -> pl.DataFrame:
@@ -17,7 +17,7 @@ def _events(n: int) -> pl.DataFrame:
                 "user_id": [f"u{i}" for i in range(n)],
                 "item_id": ["i1"] * n,
                 "event_type": ["view"] * n,
-                "timestamp": [datetime(2026, 1, 1, tzinfo=timezone.utc)] * n,
+                "timestamp": [datetime(2026, 1, 1, tzinfo=UTC)] * n,
             }
         ),
         "events",

@@ -1,17 +1,17 @@
 """Metrics and splitters, checked against values computed by hand."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from math import log2
 
 import polars as pl
 import pytest
 
-from evaluation.beyond import coverage, intra_list_diversity, novelty_and_popularity
-from evaluation.metrics import calc_metrics
-from evaluation.ranking import per_user_ranking
-from evaluation.splitters import last_fraction_split, last_n_split, temporal_split
+from storerec.evaluation.beyond import coverage, intra_list_diversity, novelty_and_popularity
+from storerec.evaluation.metrics import calc_metrics
+from storerec.evaluation.ranking import per_user_ranking
+from storerec.evaluation.splitters import last_fraction_split, last_n_split, temporal_split
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _reco(rows: list[tuple[str, str, int]]) -> pl.DataFrame:

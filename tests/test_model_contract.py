@@ -14,9 +14,9 @@ import polars as pl
 import pytest
 import scipy.sparse as sp
 
-from models.base import ModelBase, NotFittedError, top_k, top_k_row
-from models.dataset import Dataset, IdMap, item_features, user_features
-from models.registry import MODEL_CLASSES, get_model_class
+from storerec.models.base import CapabilityError, ModelBase, ModelConfig, NotFittedError, top_k, top_k_row
+from storerec.models.dataset import Dataset, IdMap, item_features, user_features
+from storerec.models.registry import MODEL_CLASSES, get_model_class
 
 N, BLOCK = 60, 10
 WARM = "warm-user"
@@ -188,3 +188,80 @@ def test_unknown_config_key_is_rejected() -> None:
     for name in MODEL_CLASSES:
         with pytest.raises(Exception, match="extra"):
             get_model_class(name)(no_such_option=1)
+
+
+# ---- declared capabilities (RecTools-style flags) are true --------------------------------------
+
+
+def _overrides(model: ModelBase, hook: str) -> bool:
+    return getattr(type(model), hook) is not getattr(ModelBase, hook)
+
+
+def test_declared_capabilities_match_the_hooks(fitted: ModelBase) -> None:
+    """A model declares a capability exactly when it implements the hook behind it."""
+    name = fitted.name
+    assert fitted.recommends_for_warm == _overrides(fitted, "_score_warm"), name
+    assert fitted.recommends_for_cold == _overrides(fitted, "_score_cold"), name
+    assert fitted.has_item_vectors == _overrides(fitted, "_item_vectors"), name
+    # similarity: the model's own, or the cosine of its item vectors (the base's default)
+    assert fitted.has_item_similarity == (_overrides(fitted, "_item_similarity") or fitted.has_item_vectors), name
+    assert {k for k, v in fitted._get_state().items() if v is not None} == set(fitted.state_keys), name
+
+
+def test_declared_user_groups_are_scored(fitted: ModelBase) -> None:
+    users = fitted.users
+    assert users is not None
+    warm, unknown = fitted.score_user(users.index_of(WARM)), fitted.score_user(-1)
+    assert (fitted.group_of(users.index_of(WARM)) == "warm") == fitted.recommends_for_warm
+    if fitted.recommends_for_warm or fitted.recommends_for_cold:
+        assert warm is not None and warm.shape == (N,) and np.isfinite(warm).all()
+    else:
+        assert warm is None
+    if fitted.recommends_for_cold:
+        assert unknown is not None and unknown.shape == (N,) and np.isfinite(unknown).all()
+    else:
+        assert unknown is None
+
+
+def test_item_vectors_as_declared(fitted: ModelBase) -> None:
+    if fitted.has_item_vectors:
+        vecs = fitted.item_vectors()
+        assert vecs.ndim == 2 and vecs.shape[0] == N and vecs.shape[1] >= 1 and np.isfinite(vecs).all()
+    else:
+        with pytest.raises(CapabilityError, match="item vectors"):
+            fitted.item_vectors()
+
+
+def test_item_similarity_as_declared(fitted: ModelBase) -> None:
+    idx = np.array([0, 25, 59])
+    if fitted.has_item_similarity:
+        sim = fitted.item_similarity(idx)
+        assert sim.shape == (3, N) and not np.isnan(sim).any()
+    else:
+        with pytest.raises(CapabilityError, match="item similarity"):
+            fitted.item_similarity(idx)
+        with pytest.raises(CapabilityError):
+            fitted.similar_items(["i0"], k=3)
+
+
+class _Bare(ModelBase[ModelConfig]):
+    """The least a model implements: hot users only, no item vectors or similarity."""
+
+    name = "bare"
+    config_class = ModelConfig
+    state_keys = ("scores",)
+
+    def _fit(self, dataset: Dataset) -> None:
+        self.scores = np.arange(dataset.n_items, dtype=np.float32)
+
+    def _score_hot(self, user_idx: np.ndarray) -> np.ndarray:
+        return np.tile(self.scores, (len(user_idx), 1))
+
+
+def test_undeclared_capabilities_are_refused(dataset: Dataset) -> None:
+    bare = _Bare().fit(dataset)
+    assert not (bare.recommends_for_warm or bare.recommends_for_cold or bare.has_item_vectors or bare.has_item_similarity)
+    assert bare.score_user(-1) is None and bare.recommend(["nobody", WARM], k=3).height == 0
+    for call in (bare.item_vectors, lambda: bare.item_similarity(np.array([0])), lambda: bare.similar_items(["i0"], k=3)):
+        with pytest.raises(CapabilityError):
+            call()

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from features.importer import ImportRejected, ImportSummary, import_movielens
-from features.io import read_table
-from features.schema import TABLES, Columns as C
-from storerec.errors import UserError
-from storerec.progress import Progress
-from storerec.settings import Settings
+from storerec.core.errors import UserError
+from storerec.core.progress import Progress
+from storerec.core.schema import TABLES
+from storerec.core.schema import Columns as C
+from storerec.core.settings import Settings
+from storerec.features.importer import ImportRejected, ImportSummary, import_movielens
+from storerec.features.io import read_table
 
 ML_100K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
 GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
@@ -57,7 +58,7 @@ def _import(ml: Path, out: Path, quarantine: bool = False, mode: str | None = No
 
 
 def _utc(ts: int) -> datetime:
-    return datetime.fromtimestamp(ts, tz=timezone.utc)
+    return datetime.fromtimestamp(ts, tz=UTC)
 
 
 def test_movielens_mapping_rules(tmp_path: Path) -> None:
@@ -83,8 +84,8 @@ def test_movielens_mapping_rules(tmp_path: Path) -> None:
     assert it[C.Category].to_list() == ["Movies > Animation", "Movies > Drama", "Movies > unknown"]
     assert it[C.Tags].to_list() == [["Animation", "Children's", "Comedy"], ["Drama", "Romance"], []]
     assert it[C.CreatedAt].to_list() == [
-        datetime(1995, 1, 1, tzinfo=timezone.utc),
-        datetime(1997, 8, 15, tzinfo=timezone.utc),
+        datetime(1995, 1, 1, tzinfo=UTC),
+        datetime(1997, 8, 15, tzinfo=UTC),
         None,
     ]
     assert it[C.InStock].to_list() == [True] * 3
@@ -167,7 +168,7 @@ def test_movielens_into_a_folder_with_tables_needs_append_or_replace(tmp_path: P
 
 
 def test_movielens_drops_forgotten_users(tmp_path: Path) -> None:
-    from features.forget import record_forgotten
+    from storerec.features.forget import record_forgotten
 
     ml = _write_ml(tmp_path / "ml")
     out = tmp_path / "data"

@@ -1,22 +1,22 @@
-"""Profile values checked by hand on small fixtures (see features/profiles.py for the rules)."""
+"""Profile values checked by hand on small fixtures (see storerec/features/profiles.py for the rules)."""
 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from features import io
-from features.profiles import build_profiles, item_features, user_profiles
-from features.schema import conform
 from storerec.cli import main
-from storerec.errors import UserError
-from storerec.settings import Settings
+from storerec.core.errors import UserError
+from storerec.core.schema import conform
+from storerec.core.settings import Settings
+from storerec.features import io
+from storerec.features.profiles import build_profiles, item_features, user_profiles
 
-AS_OF = datetime(2026, 6, 1, tzinfo=timezone.utc)
+AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
 S = Settings()
 
 
@@ -291,7 +291,7 @@ def test_build_profiles_writes_tables_and_summary(tmp_path: Path) -> None:
 def test_build_profiles_as_of_before_first_event_is_a_clear_error(tmp_path: Path) -> None:
     _write_store(tmp_path)
     with pytest.raises(UserError, match="no events before"):
-        build_profiles(S, tmp_path, as_of=datetime(2000, 1, 1, tzinfo=timezone.utc))
+        build_profiles(S, tmp_path, as_of=datetime(2000, 1, 1, tzinfo=UTC))
     assert not (tmp_path / "profiles").exists()
 
 

@@ -1,4 +1,4 @@
-"""The compiled ranking loops (serving/kernels.py) against plain numpy/Python statements of the
+"""The compiled ranking loops (storerec/ranking/kernels.py) against plain numpy/Python statements of the
 same rules, on random inputs with ties, filtered items and items without a category."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving import kernels
+from storerec.ranking import kernels
 
 
 def _rng(seed: int) -> np.random.Generator:

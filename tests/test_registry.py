@@ -13,12 +13,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from mlflow.exceptions import MlflowException
 
-from models.dataset import IdMap
 from storerec.cli import main
-from storerec.errors import UserError
-from storerec.settings import load_settings
-from training import tracking
+from storerec.core.errors import UserError
+from storerec.core.settings import load_settings
+from storerec.models.dataset import IdMap
+from storerec.registry import tracking
 
 SMALL = ["--users", "300", "--items", "100", "--events", "5000"]
 
@@ -31,12 +32,10 @@ def test_store_lock_is_beside_the_sqlite_file_and_exclusive(tmp_path: Path) -> N
     with tracking.store_lock(uri):
         lock = tmp_path / "store" / "mlflow.db.lock"
         assert lock.exists()
-        with open(lock) as other:  # another open file (as another process would have) cannot take it
-            with pytest.raises(BlockingIOError):
-                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with pytest.raises(UserError, match="held .*mlflow.db.lock"):
-            with tracking.store_lock(uri, timeout_s=0.2):
-                pass
+        with open(lock) as other, pytest.raises(BlockingIOError):  # another open file (as another process would have) cannot take it
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(UserError, match="held .*mlflow.db.lock"), tracking.store_lock(uri, timeout_s=0.2):
+            pass
     with tracking.store_lock(uri, timeout_s=0.2):  # released
         pass
     for other_store in ("http://mlflow.internal:5000", "postgresql://h/db", "sqlite://", "sqlite:///:memory:"):
@@ -75,7 +74,7 @@ def test_catalogue_rule(tmp_path: Path) -> None:
     data.mkdir()
     store_items = [f"i{i:05d}" for i in range(100)]
     pl.DataFrame({"item_id": store_items, "category": ["A"] * 100}).write_parquet(data / "items.parquet")
-    check = lambda items: tracking.check_catalogue(_Model(items), data, label="v", data={})  # noqa: E731
+    check = lambda items: tracking.check_catalogue(_Model(items), data, label="v", data={})
     check(store_items[:60])  # trained on an older, smaller store: all its items are still sold
     check(store_items + [f"gone{i}" for i in range(10)])  # 10 of 110 items dropped since: 91 % >= 90 %
     with pytest.raises(UserError, match=r"v was trained on another data set .*only 0 of its 1,682 items \(0%\)"):
@@ -141,7 +140,7 @@ def test_one_registered_model_per_data_folder(stores, capsys) -> None:
     # promote, models, serve and recommend-batch all resolve in the folder's registered model
     assert run(stores, "-q", "promote", "--version", "1", "--data-dir", str(movies)) == 0
     assert str(client.get_model_version_by_alias("storerec-movies", "champion").version) == "1"
-    with pytest.raises(Exception):
+    with pytest.raises(MlflowException):
         client.get_model_version_by_alias("storerec-shop", "champion")
     capsys.readouterr()
     assert run(stores, "models") == 0
@@ -244,7 +243,7 @@ def test_concurrent_training_jobs_share_a_fresh_store(tmp_path: Path) -> None:
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
     results = [(*job.communicate(timeout=600),) for job in jobs]
     results = [(job.returncode, out, err) for job, (out, err) in zip(jobs, results)]
-    for code, out, err in results:
+    for code, _out, err in results:
         assert code == 0, err[-3000:]
         assert "Traceback" not in err
     numbers = sorted(int(out.split("registered as version ")[1].split(";")[0]) for _, out, _ in results)

@@ -1,6 +1,7 @@
-"""End to end with ``serving.workers = 2``: a reload and an alias move reach every worker, a
-reload leaves no temporary folder, and a SIGKILL of the arbiter takes the workers down with it
-(serving/control.py, serving/watchdog.py). One service for the module; requests go over new
+"""End to end with ``serving.workers = 2``: two workers start (`storerec serve` passes the count,
+the access log and the metrics switch to BentoML, serving/launch.py), a reload and an alias move
+reach every worker, a reload leaves no temporary folder, and a SIGKILL of the arbiter takes the
+workers down with it and frees the port (serving/control.py, serving/watchdog.py). One service for the module; requests go over new
 connections each, so both workers take some, and the test checks which worker answered each
 one (the server end of the connection, found in /proc)."""
 
@@ -10,15 +11,16 @@ import http.client
 import json
 import os
 import signal
+import socket
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from serving.control import ControlStore, service_key
 from storerec.cli import main
-from storerec.settings import load_settings
+from storerec.core.settings import load_settings
+from storerec.serving.control import ControlStore, service_key
 from tests._serve import alive, descendants, start, stop, write_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -31,8 +33,8 @@ def svc(store: Path, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("reload-workers")
     svc_tmp = root / "tmp"  # the service's TMPDIR: a reload that leaves a folder shows here
     svc_tmp.mkdir()
-    cfg = write_config(root, store, extra='[serving]\nworkers = 2\naccess_log = false\nadmin_token = "s3cret"')
-    for args in (["train", "--model", "popularity"], ["train", "--model", "als"], ["promote", "--version", "1"]):
+    cfg = write_config(root, store, extra='[serving]\nworkers = 2\naccess_log = true\nadmin_token = "s3cret"')
+    for args in (["train", "--model", "popularity"], ["train", "--model", "popularity"], ["promote", "--version", "1"]):
         assert main(["--config", str(cfg), "-q", *args]) == 0
     proc, client = start(cfg, root / "serve.log", env={"TMPDIR": str(svc_tmp)})
     port = int(str(client.base_url).rstrip("/").rsplit(":", 1)[1])
@@ -151,13 +153,26 @@ def test_reloads_leave_no_temporary_folder(svc) -> None:
 
 
 def test_load_removes_its_download_folder(svc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from serving.state import load
+    from storerec.serving.state import load
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     for ref in ("1", "2", "champion", "1"):
         loaded = load(svc["settings"], ref)
         assert loaded.ranker.n > 0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_process_options_reach_bentoml(svc) -> None:
+    """serving.access_log = true in this module's config: BentoML's access lines are in the log
+    (test_http.py shows none with it off); serving.metrics is on by default: GET /metrics answers."""
+    c = svc["client"]
+    assert c.post("/recommend", json={"user_id": "u00001", "k": 3}).status_code == 200
+    assert c.get("/metrics").status_code == 200
+    log = svc["root"] / "serve.log"
+    deadline = time.time() + 10
+    while "(scheme=http,method=POST,path=/recommend" not in log.read_text():
+        assert time.time() < deadline, "no access log line although serving.access_log = true:\n" + log.read_text()[-2000:]
+        time.sleep(0.2)
 
 
 def test_a_hard_kill_of_the_arbiter_takes_the_workers_down(svc) -> None:
@@ -177,5 +192,6 @@ def test_a_hard_kill_of_the_arbiter_takes_the_workers_down(svc) -> None:
         os.kill(p, signal.SIGKILL)
     assert not left, f"workers {left} still running 10 s after the arbiter was killed"
     print(f"both workers exited {took:.2f} s after the arbiter was SIGKILLed")
-    svc["proc"], svc["client"] = start(svc["cfg"], svc["root"] / "serve-again.log", port=svc["port"])
-    assert svc["client"].get("/readyz").json()["ready"]
+    with socket.socket() as s:  # the port is free for the next start (no "Address already in use")
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does; a listener still refuses it
+        s.bind(("127.0.0.1", svc["port"]))

@@ -1,41 +1,44 @@
-"""End-to-end: the real BentoML service in a subprocess, on a model trained once for this module,
-called over HTTP. Reasons are checked against the data: each one must be true."""
+"""The service on a model trained once for this module (ALS, item-kNN second), called over HTTP
+in this process through its ASGI app (tests/_serve.py: asgi_client). Reasons are checked against
+the data: each one must be true. Process-level behaviour (workers, signals, memory, the printed
+admin token, logs) is tested against the real `storerec serve` in test_http.py and
+test_reload_workers.py."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import contextlib
+import io
+from datetime import UTC
 from pathlib import Path
 
 import httpx
 import polars as pl
 import pytest
 
-from models.base import ModelBase
 from storerec.cli import main
-from storerec.settings import load_settings
-from training import tracking
+from storerec.core.settings import load_settings
+from storerec.models.base import ModelBase
+from storerec.registry import tracking
+from tests._serve import asgi_client, free_port, write_config
 
-from tests._serve import free_port, start, stop, write_config
-
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def svc(store: Path, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("svc")
-    cfg = write_config(root, store, extra='[serving]\nadmin_token = "s3cret"')
-    # No model yet: serve refuses with a clear message.
-    r = subprocess.run([sys.executable, "-m", "storerec.cli", "--config", str(cfg), "serve", "--port", str(free_port())],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "no model version 'champion'" in r.stderr
+    cfg = write_config(root, store, extra='[serving]\nadmin_token = "s3cret"\n[events]\nmax_future_seconds = 3600')
+    # No model yet: serve refuses with a clear message (before it would start BentoML).
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["--config", str(cfg), "serve", "--port", str(free_port())]) == 2
+    assert "no model version 'champion'" in err.getvalue()
     assert main(["--config", str(cfg), "-q", "train", "--model", "als"]) == 0
     assert main(["--config", str(cfg), "-q", "train", "--model", "itemknn"]) == 0
     assert main(["--config", str(cfg), "-q", "promote", "--version", "1"]) == 0
-    proc, client = start(cfg, root / "serve.log")
     settings = load_settings(cfg, environ={})
-    yield {"client": client, "cfg": cfg, "store": store, "settings": settings, "root": root}
-    stop(proc)
+    with asgi_client(cfg) as client:
+        yield {"client": client, "cfg": cfg, "store": store, "settings": settings, "root": root}
 
 
 def post(svc, path: str, body) -> httpx.Response:
@@ -57,9 +60,44 @@ def hot_users(data, n: int = 15) -> list[str]:
     return counts.filter(pl.col("len") >= 3).sort("user_id")["user_id"].head(n).to_list()
 
 
-def test_health_and_readiness(svc) -> None:
-    assert svc["client"].get("/healthz").status_code == 200
-    assert svc["client"].get("/readyz").status_code == 200
+def test_storerec_serve_hands_the_process_options_to_bentoml(monkeypatch: pytest.MonkeyPatch) -> None:
+    """serving.workers, access_log and metrics reach BentoML's configuration through the
+    variables `storerec serve` sets (serving/launch.py), over the @bentoml.service arguments; the
+    real service shows it (test_reload_workers.py: 2 workers, an access log; test_http.py: none,
+    no /metrics)."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    from storerec.core.settings import ServingSettings
+    from storerec.serving.launch import SERVICE_NAME, process_env
+    from storerec.serving.service import StoreRec
+
+    env = process_env(ServingSettings(workers=2, access_log=False, metrics=False, blas_threads=1))
+    assert env["OTEL_SDK_DISABLED"] == "true" and env["OPENBLAS_NUM_THREADS"] == "1"
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    try:
+        StoreRec.inject_config()  # what BentoML does in the arbiter and in each worker
+        config = BentoMLContainer.config.get()
+        assert config["services"][SERVICE_NAME]["workers"] == 2
+        assert config["services"][SERVICE_NAME]["traffic"]["timeout"] == 30  # from the decorator
+        assert config["api_server"]["logging"]["access"]["enabled"] is False
+        assert config["api_server"]["metrics"]["enabled"] is False
+    finally:
+        monkeypatch.undo()
+        StoreRec.inject_config()
+
+
+def test_health_readiness_and_experiments(svc) -> None:
+    c = svc["client"]
+    assert c.get("/healthz").status_code == 200 and c.get("/livez").status_code == 200
+    r = c.get("/readyz")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert body["ready"] is True and body["reasons"] == [] and (body["model"], body["model_version"]) == ("als", "1")
+    assert body["event_log"]["enabled"] and body["experiments"] == {}
+    assert body["control"]["model_version"] == "1" and body["control"]["follows"] == "champion"
+    assert c.head("/readyz").status_code == 200  # BentoML's own route, from __is_ready__
+    assert c.get("/experiments").json() == {"experiments": []}
 
 
 def test_recommend_returns_k_items_with_reasons(svc, data) -> None:
@@ -79,7 +117,7 @@ def test_responses_match_their_documented_models(svc, data) -> None:
     against the response model the OpenAPI page documents, with no extra fields."""
     from pydantic import BaseModel
 
-    from serving.schemas import ListResponse, RecommendResponse, ScoreResponse, SimilarResponse
+    from storerec.serving.schemas import ListResponse, RecommendResponse, ScoreResponse, SimilarResponse
 
     def strict(model: type[BaseModel], body: dict) -> None:
         model.model_validate(body)
@@ -110,8 +148,10 @@ def test_every_reason_is_true(svc, data, tmp_path: Path) -> None:
     folder = tracking.download_version(tracking.configure(svc["settings"].mlflow), tracking.resolve_version(
         tracking.configure(svc["settings"].mlflow), svc["settings"].registered_model_name(), "1"), tmp_path)
     model = ModelBase.load(folder / "model")
-    item = {r["item_id"]: r for r in items.select("item_id", "category", "is_new", "price_band", "trending_score", "pop_7d").with_columns(pl.col("price_band").cast(pl.String)).iter_rows(named=True)}
-    profile = {r["user_id"]: r for r in prof.select("user_id", "top_categories", pl.col("price_band").cast(pl.String), pl.col("tier").cast(pl.String)).iter_rows(named=True)}
+    item_cols = items.select("item_id", "category", "is_new", "price_band", "trending_score", "pop_7d").with_columns(pl.col("price_band").cast(pl.String))
+    item = {r["item_id"]: r for r in item_cols.iter_rows(named=True)}
+    profile_cols = prof.select("user_id", "top_categories", pl.col("price_band").cast(pl.String), pl.col("tier").cast(pl.String))
+    profile = {r["user_id"]: r for r in profile_cols.iter_rows(named=True)}
     buyers = ev.filter(pl.col("event_type") == "purchase").join(prof.select("user_id", pl.col("tier").cast(pl.String)), on="user_id")
     seen_codes = set()
     for user in hot_users(data):
@@ -163,7 +203,8 @@ def test_filters_are_honoured(svc, data) -> None:
     body = post(svc, "/recommend", {"user_id": user, "k": 10, "filters": {"include_categories": ["Home"], "min_price": 10, "max_price": 80}}).json()
     assert body["items"] and all(i["category"].startswith("Home > ") and 10 <= price[i["item_id"]] <= 80 for i in body["items"])
     first = body["items"][0]["item_id"]
-    body = post(svc, "/recommend", {"user_id": user, "k": 10, "filters": {"include_categories": ["Home"], "exclude_item_ids": [first], "exclude_categories": ["Home > Decor"]}}).json()
+    filters = {"include_categories": ["Home"], "exclude_item_ids": [first], "exclude_categories": ["Home > Decor"]}
+    body = post(svc, "/recommend", {"user_id": user, "k": 10, "filters": filters}).json()
     assert all(i["item_id"] != first and i["category"] != "Home > Decor" for i in body["items"])
     stock = dict(data["items"].select("item_id", "in_stock").iter_rows())
     body = post(svc, "/recommend", {"user_id": user, "k": 50}).json()
@@ -195,19 +236,30 @@ def test_bare_score_endpoint(svc, data) -> None:
     assert r.status_code == 404 and r.json()["field"] == "user_id" and "nobody-at-all" not in r.text  # ids are not echoed
 
 
-def test_load_generator_against_the_service(svc, data) -> None:
-    """The benchmark's client: every request answered 200, latencies recorded."""
-    from storerec.loadgen import post_request, run_load
+def test_events_are_stored_once_within_the_configured_window(svc, data) -> None:
+    """POST /events against a served list: stored once per event_id; the accepted timestamp
+    window is the settings' (events.max_future_seconds = 3600 in this module's config, checked
+    by the gate and not refused again by BentoML's own parse)."""
+    from datetime import datetime, timedelta
 
-    port = int(str(svc["client"].base_url).rsplit(":", 1)[1].strip("/"))
-    reqs = [post_request("127.0.0.1", port, "/recommend", {"user_id": u, "k": 10}) for u in hot_users(data, 5)]
-    res = run_load("127.0.0.1", port, reqs, concurrency=2, warmup_s=0.2, duration_s=1.0)
-    summary = res.summary()
-    assert summary["errors"] == 0 and summary["requests"] > 10
-    assert 0 < summary["p50_ms"] <= summary["p99_ms"]
-    bad = [post_request("127.0.0.1", port, "/recommend", {"user_id": "u", "k": 0})]
-    res = run_load("127.0.0.1", port, bad, concurrency=1, warmup_s=0.0, duration_s=0.3)
-    assert res.requests == 0 and res.errors.get("HTTP 400", 0) > 0
+    from storerec.events.eventlog import read_frames
+
+    user = hot_users(data)[3]
+    listed = post(svc, "/recommend", {"user_id": user, "k": 3}).json()
+    rid, item = listed["request_id"], listed["items"][0]["item_id"]
+    soon = (datetime.now(UTC) + timedelta(minutes=30)).isoformat()
+    events = [{"request_id": rid, "item_id": item, "event_type": "click", "event_id": "svc-1", "timestamp": soon},
+              {"request_id": rid, "item_id": item, "event_type": "purchase", "revenue": 12.5, "event_id": "svc-2"}]
+    r = post(svc, "/events", {"events": events})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"received": 2, "stored": 2}
+    assert post(svc, "/events", {"events": events}).json() == {"received": 2, "stored": 0}  # a retry is stored once
+    late = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    r = post(svc, "/events", {"events": [{"request_id": rid, "item_id": item, "event_type": "click", "timestamp": late}]})
+    assert r.status_code == 422 and r.json()["field"] == "events.0" and "in the future" in r.json()["error"]
+    feedback = read_frames(svc["settings"].eventlog.url)["feedback"]
+    mine = feedback.filter(pl.col("request_id") == rid)
+    assert sorted(mine["event_id"].to_list()) == ["svc-1", "svc-2"] and set(mine["user_id"].to_list()) == {user}
 
 
 def test_cold_start_paths(svc, data) -> None:
@@ -286,7 +338,7 @@ def test_reload_swaps_models_and_survives_a_corrupt_one(svc, data) -> None:
     body = r.json()
     assert {k: body[k] for k in ("model", "model_version", "previous_version", "follows")} == {
         "model": "itemknn", "model_version": "2", "previous_version": "1", "follows": "champion"}
-    assert body["complete"] and [w["model_version"] for w in body["workers"]] == ["2"] and body["generation"] >= 2
+    assert body["complete"] and [w["model_version"] for w in body["workers"]] == ["2"] and body["generation"] >= 1
     user = hot_users(data)[0]
     assert post(svc, "/recommend", {"user_id": user, "k": 3}).json()["model_version"] == "2"
     # Corrupt version 1's stored model files, point champion at it, reload: refused, v2 keeps serving.

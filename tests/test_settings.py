@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from storerec.settings import Settings, SettingsError, load_settings
+from storerec.core.settings import Settings, SettingsError, load_settings
 
 
 def test_defaults_follow_the_domain_brief(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,7 +66,7 @@ def test_import_does_no_work(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    code = "import storerec.cli, storerec.settings, features.schema, features.io, features.profiles, features.simulate"
+    code = "import storerec.cli, storerec.core.settings, storerec.core.schema, storerec.features.io, storerec.features.profiles, storerec.features.simulate"
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
     assert list(tmp_path.iterdir()) == []
 
@@ -108,7 +108,7 @@ def test_invalid_variables_are_named(tmp_path: Path) -> None:
 
 
 def test_registered_model_name_follows_the_data_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from storerec.settings import derived_model_name
+    from storerec.core.settings import derived_model_name
 
     monkeypatch.chdir(tmp_path)
     assert load_settings(environ={}).registered_model_name() == "storerec-data"

@@ -10,12 +10,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from features import io
-from features.schema import check_schema
-from features.simulate import ensure_simulated, load_truth, simulate_store
 from storerec.cli import main
-from storerec.errors import UserError
-from storerec.settings import Settings
+from storerec.core.errors import UserError
+from storerec.core.schema import check_schema
+from storerec.core.settings import Settings
+from storerec.features import io
+from storerec.features.simulate import ensure_simulated, load_truth, simulate_store
 
 S = Settings()
 SMALL = S.simulate.model_copy(update=dict(n_users=300, n_items=200, n_events=20_000))

@@ -11,10 +11,10 @@ import polars as pl
 import pytest
 from mlflow.tracking import MlflowClient
 
-from models.base import ModelBase
 from storerec.cli import main
-from storerec.settings import load_settings
-from training import tracking
+from storerec.core.settings import load_settings
+from storerec.models.base import ModelBase
+from storerec.registry import tracking
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +75,7 @@ def test_train_logs_a_run_and_registers_a_self_contained_version(env, capsys, tm
     assert arts == {"evaluation/report.json", "evaluation/report.md"}
     # Everything serving needs comes from the registry alone.
     folder = tracking.download_version(c, version, tmp_path)
-    assert {p.name for p in folder.iterdir()} >= {"model", "item_features.parquet", "training.json"}
+    assert {p.name for p in folder.iterdir()} >= {"model", "item_features.parquet", "storerec.training.json"}
     model = ModelBase.load(folder / "model")
     assert model.name == "als"
     users = pl.read_parquet(env["data"] / "events.parquet")["user_id"].unique().sort().head(5).to_list()
@@ -206,5 +206,5 @@ def test_run_chain_promotes_the_best(env, capsys) -> None:
     c = client(env)
     champ = c.get_model_version_by_alias(NAME, "champion")
     chall = c.get_model_version_by_alias(NAME, "challenger")
-    score = lambda v: c.get_run(v.run_id).data.metrics["ndcg_at_10"]  # noqa: E731
+    score = lambda v: c.get_run(v.run_id).data.metrics["ndcg_at_10"]
     assert score(champ) >= score(chall)

@@ -1,0 +1,229 @@
+"""Frozen data containers the models train on: id maps, the interaction matrix, features.
+
+External ids are strings; models see contiguous integer indices. The catalogue (every item of
+the items table, including items nobody has touched yet) defines the item index, so new items
+get a column and can be scored from their features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+from pydantic import BaseModel, ConfigDict, Field
+
+from storerec.core.formulas import DEFAULT_EVENT_WEIGHTS
+from storerec.core.schema import CATEGORY_SEP, Columns
+
+C = Columns
+
+
+@dataclass(frozen=True)
+class IdMap:
+    """External string ids <-> internal indices 0..n-1 (in the order given)."""
+
+    external: np.ndarray  # dtype object (str)
+    _index: dict[str, int] = field(repr=False, compare=False, default_factory=dict)
+
+    @classmethod
+    def from_values(cls, values: Iterable[str]) -> IdMap:
+        ext = np.asarray(list(dict.fromkeys(values)), dtype=object)
+        return cls(ext, {v: i for i, v in enumerate(ext)})
+
+    def __post_init__(self) -> None:
+        if not self._index:
+            object.__setattr__(self, "_index", {v: i for i, v in enumerate(self.external)})
+
+    def __len__(self) -> int:
+        return len(self.external)
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._index
+
+    def index_of(self, value: str, missing: int = -1) -> int:
+        """Index of one id (``missing`` when unknown)."""
+        return self._index.get(value, missing)
+
+    def to_internal(self, values: Sequence[str], missing: int = -1) -> np.ndarray:
+        """Indices of ``values``; unknown ids map to ``missing``."""
+        get = self._index.get
+        return np.fromiter((get(v, missing) for v in values), dtype=np.int64, count=len(values))
+
+    def to_external(self, idx: np.ndarray) -> np.ndarray:
+        return self.external[np.asarray(idx, dtype=np.int64)]
+
+
+@dataclass(frozen=True)
+class Features:
+    """A sparse feature matrix (rows follow an IdMap) and its column names."""
+
+    names: list[str]
+    matrix: sp.csr_matrix
+
+    def __post_init__(self) -> None:
+        if self.matrix.shape[1] != len(self.names):
+            raise ValueError("feature names do not match the matrix width")
+
+
+class InteractionConfig(BaseModel):
+    """How events become the user x item matrix the collaborative models fit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS),
+        description="Weight per event type; types missing here are ignored.",
+    )
+    half_life_days: float | None = Field(None, gt=0, description="Time decay: an event loses half its weight per half-life.")
+    recency_half_life: float | None = Field(
+        None,
+        gt=0,
+        description="Per-user recency: an event k events before the user's latest one weighs 0.5^(k/h). "
+        "Captures the user's current interest (strong on sequential data).",
+    )
+    confidence: Literal["linear", "log"] = Field("linear", description="linear: w; log: log1p(w) (dampens heavy users).")
+    binary: bool = Field(False, description="Every user-item pair with any event counts 1 (overrides weights).")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Everything a model needs to fit: ids, interactions and optional features."""
+
+    users: IdMap
+    items: IdMap
+    interactions: sp.csr_matrix  # (len(users), len(items)) float32
+    user_features: Features | None = None
+    item_features: Features | None = None
+    item_table: pl.DataFrame | None = None  # catalogue rows in item index order (category, price, ...)
+    as_of: datetime | None = None
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+
+def table_column(table: pl.DataFrame, name: str, default: Any) -> np.ndarray:
+    """Column ``name`` of an item or user table as numpy, nulls (or the whole column, when the
+    table lacks it) replaced by ``default``."""
+    if name not in table.columns:
+        return np.full(table.height, default)
+    return table[name].fill_null(default).to_numpy()
+
+
+def interaction_matrix(
+    events: pl.DataFrame,
+    users: IdMap,
+    items: IdMap,
+    config: InteractionConfig,
+    as_of: datetime | None = None,
+) -> sp.csr_matrix:
+    """Aggregate events into a users x items CSR matrix of float32 weights.
+
+    Events of users or items outside the id maps, and of types without a weight, are left out
+    (the caller decides the id maps, e.g. the training window's users and the catalogue).
+    """
+    df = events.select(C.User, C.Item, C.EventType, C.Timestamp)
+    weights = {k: v for k, v in config.weights.items() if v > 0}
+    df = df.filter(pl.col(C.EventType).is_in(list(weights)))
+    w = pl.lit(1.0) if config.binary else pl.col(C.EventType).replace_strict(weights, return_dtype=pl.Float64)
+    if config.half_life_days and not config.binary:
+        ref = as_of or df[C.Timestamp].max()
+        age_days = (pl.lit(ref) - pl.col(C.Timestamp)).dt.total_seconds() / 86_400.0
+        w = w * (0.5 ** (age_days / config.half_life_days))
+    if config.recency_half_life and not config.binary:
+        back = pl.int_range(pl.len()).over(C.User).alias("_pos")
+        df = df.sort(C.User, C.Timestamp, C.Item).with_columns(back).with_columns(
+            (pl.len().over(C.User) - 1 - pl.col("_pos")).alias("_back")
+        )
+        w = w * (0.5 ** (pl.col("_back") / config.recency_half_life))
+    uid = pl.DataFrame({C.User: users.external.tolist(), "_u": np.arange(len(users), dtype=np.int64)})
+    iid = pl.DataFrame({C.Item: items.external.tolist(), "_i": np.arange(len(items), dtype=np.int64)})
+    agg = (
+        df.with_columns(w.alias("_w"))
+        .join(uid, on=C.User, how="inner")
+        .join(iid, on=C.Item, how="inner")
+        .group_by("_u", "_i")
+        .agg(pl.col("_w").max() if config.binary else pl.col("_w").sum())
+    )
+    vals = agg["_w"].to_numpy().astype(np.float32)
+    if config.confidence == "log" and not config.binary:
+        vals = np.log1p(vals).astype(np.float32)
+    mat = sp.csr_matrix((vals, (agg["_u"].to_numpy(), agg["_i"].to_numpy())), shape=(len(users), len(items)), dtype=np.float32)
+    mat.sort_indices()
+    return mat
+
+
+def _one_hot(ids: IdMap, rows: pl.DataFrame, key: str, columns: dict[str, str], identity: bool) -> Features:
+    """Indicator features ``<prefix>:<value>`` for each column (list columns give one per element).
+
+    With ``identity`` every row also gets its own ``id:<id>`` feature, as LightFM expects for hybrid
+    models; rows are normalised so each row's weights sum to 1.
+    """
+    index = pl.DataFrame({key: ids.external.tolist(), "_row": np.arange(len(ids), dtype=np.int64)})
+    pairs = []
+    for col, prefix in columns.items():
+        if col not in rows.columns:
+            continue
+        part = rows.select(key, pl.col(col).alias("_v"))
+        if isinstance(part.schema["_v"], pl.List):
+            part = part.explode("_v")
+        pairs.append(
+            part.drop_nulls("_v").select(key, (pl.lit(prefix + ":") + pl.col("_v").cast(pl.String)).alias("_f"))
+        )
+    feats = pl.concat(pairs).unique() if pairs else pl.DataFrame({key: [], "_f": []}, schema={key: pl.String, "_f": pl.String})
+    feats = feats.join(index, on=key, how="inner")
+    names = sorted(feats["_f"].unique().to_list())
+    name_idx = pl.DataFrame({"_f": names, "_col": np.arange(len(names), dtype=np.int64)})
+    feats = feats.join(name_idx, on="_f")
+    r, c = feats["_row"].to_numpy(), feats["_col"].to_numpy()
+    if identity:
+        n = len(names)
+        names = names + [f"id:{v}" for v in ids.external]
+        r = np.concatenate([r, np.arange(len(ids))])
+        c = np.concatenate([c, n + np.arange(len(ids))])
+    m = sp.csr_matrix((np.ones(len(r), dtype=np.float32), (r, c)), shape=(len(ids), len(names)))
+    sums = np.asarray(m.sum(axis=1)).ravel()
+    sums[sums == 0] = 1.0
+    m = sp.diags(1.0 / sums).astype(np.float32) @ m
+    return Features(names, m.tocsr())
+
+
+def item_features(items: IdMap, table: pl.DataFrame, identity: bool = True) -> Features:
+    """Category path levels, brand, price band and tags as indicator features."""
+    # every prefix of the category path, so "Home" and "Home > Kitchen" are both features
+    path = pl.col(C.Category).str.split(CATEGORY_SEP)
+    levels = [path.list.head(k).list.join(CATEGORY_SEP) for k in range(1, 5)]
+    t = table.with_columns(pl.concat_list(levels).list.unique(maintain_order=True).alias("_levels"))
+    cols = {"_levels": "cat", C.Brand: "brand", C.Tags: "tag"}
+    if "price_band" in t.columns:
+        cols["price_band"] = "price"
+    return _one_hot(items, t, C.Item, cols, identity)
+
+
+USER_FEATURE_COLUMNS = {
+    "tier": "tier",
+    "segment": "segment",
+    C.AgeBand: "age",
+    C.Gender: "gender",
+    C.Region: "region",
+    C.Occupation: "occupation",
+    "price_band": "price",
+    "_top_cats": "likes",
+}
+
+
+def user_features(users: IdMap, profiles: pl.DataFrame, identity: bool = True) -> Features:
+    """Tier, lifecycle segment, demographics, price band and top categories from the profiles."""
+    p = profiles
+    if "top_categories" in p.columns:
+        p = p.with_columns(pl.col("top_categories").list.eval(pl.element().struct.field("category")).alias("_top_cats"))
+    return _one_hot(users, p, C.User, USER_FEATURE_COLUMNS, identity)

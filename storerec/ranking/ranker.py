@@ -1,0 +1,315 @@
+"""The ranking pipeline shared by the service and offline evaluation.
+
+candidates (:mod:`storerec.ranking.sources`: model scores, context similarity, cold-start
+trending, plus injected new arrivals and trending items) -> business filters -> diversity
+re-ranking (maximal marginal relevance with an exact category cap) -> reasons
+(:mod:`storerec.ranking.reasons`: a reason is attached only when its registered condition holds
+for that user and item).
+
+Everything here works on arrays and facts prepared once per model (:mod:`storerec.ranking.facts`;
+no polars or I/O on the request path); the inner loops are compiled
+(:mod:`storerec.ranking.kernels`), so one request costs about 0.15 ms on a catalogue of 2,000
+items (``docs/benchmarks.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from storerec.models.base import ModelBase
+from storerec.ranking import kernels
+from storerec.ranking.facts import ItemFacts, ItemSimilarity, UserFacts
+from storerec.ranking.reasons import ReasonBook, Subject
+from storerec.ranking.sources import CandidateSources, Source
+
+__all__ = ["Context", "Diversity", "Filters", "RankResult", "RankedItem", "Ranker", "RankingInputError", "Source"]
+
+MASK_CACHE = 256  # catalogue filter masks kept per Ranker
+POOL_FACTOR, MIN_POOL = 5, 50  # candidates kept for the diversity step: max(5 k, 50)
+_NO_VECTORS = np.zeros((0, 0), dtype=np.float32)  # kernels.mmr's "no item vectors"
+
+
+class RankingInputError(ValueError):
+    """A request names something that does not exist (e.g. an unknown category): a 4xx.
+    ``field`` is the request field at fault, when known."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Filters:
+    exclude_seen: bool = True
+    exclude_purchased: bool = True
+    include_categories: tuple[str, ...] = ()
+    exclude_categories: tuple[str, ...] = ()
+    min_price: float | None = None
+    max_price: float | None = None
+    in_stock_only: bool = True
+    exclude_item_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Diversity:
+    strength: float = 0.3  # 0 = pure relevance, 1 = maximal variety
+    max_per_category: int | None = None
+
+
+@dataclass(frozen=True)
+class Context:
+    page: str = "home"
+    item_ids: tuple[str, ...] = ()
+    recent_item_ids: tuple[str, ...] = ()
+
+
+@dataclass
+class RankedItem:
+    item_id: str
+    rank: int
+    score: float
+    category: str
+    reasons: list[dict[str, Any]]
+
+
+@dataclass
+class RankResult:
+    items: list[RankedItem]
+    user_kind: str  # hot, warm, cold (any: lists that are the same for everyone)
+    source: str  # a Source name, or the list's name (trending, new_arrivals)
+
+
+class Ranker:
+    """Holds one model and the facts it needs; ``rank`` serves one request.
+
+    Parameters
+    ----------
+    model
+        A fitted storerec model.
+    item_table
+        Item features aligned with ``model.items`` (the registered version's
+        ``item_features.parquet``).
+    profiles
+        User profiles (``profiles/users.parquet``), optional.
+    events
+        The events table, for history, purchases and regional trends; optional.
+    context_weight
+        Weight of the context's similarity against the model's scores.
+    forgotten
+        Users erased with ``storerec forget-user`` that this model still knows: served as
+        unknown (cold), so neither their learned factors nor their history is used.
+    """
+
+    def __init__(
+        self,
+        model: ModelBase,
+        item_table: pl.DataFrame,
+        profiles: pl.DataFrame | None = None,
+        events: pl.DataFrame | None = None,
+        *,
+        context_weight: float = 0.5,
+        forgotten: frozenset[str] = frozenset(),
+    ) -> None:
+        assert model.items is not None and model.users is not None
+        self.model = model
+        self.forgotten = forgotten
+        self.items = ItemFacts.from_table(model.items.external.tolist(), item_table)
+        self.users = UserFacts.build(profiles, events, self.items)
+        self.similarity = ItemSimilarity.build(model, self.items)
+        self.sources = CandidateSources(model, self.items, self.users, self.similarity, context_weight)
+        self.reasons = ReasonBook(self.items, self.users, model.name)
+        self._mask_cache: dict[tuple[Any, ...], np.ndarray] = {}
+        kernels.warm_up()
+
+    @property
+    def n(self) -> int:
+        """Items in the catalogue (the model's items)."""
+        return self.items.n
+
+    @property
+    def profiles(self) -> dict[str, dict[str, Any]]:
+        """user id -> profile row (tier, segment, region, price band, top categories)."""
+        return self.users.profiles
+
+    def user_index(self, user_id: str) -> int:
+        """The model's index of ``user_id``; -1 for unknown or forgotten users."""
+        if user_id in self.forgotten:
+            return -1
+        return self.model.users.index_of(user_id)  # type: ignore[union-attr]
+
+    # ---- filters ------------------------------------------------------------------------------
+
+    def _category_mask(self, categories: Sequence[str], field: str | None = None) -> np.ndarray:
+        """Items in any of ``categories`` (a full path, or a top level such as ``Home``)."""
+        masks = self.items.prefix_masks
+        unknown = [c for c in categories if c not in masks]
+        if unknown:
+            raise RankingInputError(
+                f"unknown categor{'y' if len(unknown) == 1 else 'ies'} {unknown}; known: {self.items.categories}", field
+            )
+        if len(categories) == 1:
+            return masks[categories[0]].copy()
+        return np.logical_or.reduce([masks[c] for c in categories])
+
+    def filter_mask(self, filters: Filters, user_id: str | None = None) -> np.ndarray:
+        """Items the request allows (a fresh array the caller may change)."""
+        valid = self._catalogue_mask(filters).copy()
+        if filters.exclude_item_ids:
+            ids = self.model.items.to_internal(list(filters.exclude_item_ids))  # type: ignore[union-attr]
+            valid[ids[ids >= 0]] = False
+        purchased = self.users.purchased
+        if filters.exclude_purchased and user_id is not None and user_id in purchased:
+            valid[purchased[user_id]] = False
+        if filters.exclude_seen and user_id is not None:
+            u = self.user_index(user_id)
+            if u >= 0:
+                seen = self.model.seen  # the interactions the model was fitted on
+                valid[seen.indices[seen.indptr[u] : seen.indptr[u + 1]]] = False  # type: ignore[union-attr]
+        return valid
+
+    def _catalogue_mask(self, filters: Filters) -> np.ndarray:
+        """The part of the filters that depends only on the catalogue (stock, categories, price),
+        cached for up to ``MASK_CACHE`` filter combinations: storefronts repeat a few."""
+        key = (filters.in_stock_only, filters.include_categories, filters.exclude_categories, filters.min_price, filters.max_price)
+        mask = self._mask_cache.get(key)
+        if mask is not None:
+            return mask
+        mask = np.ones(self.n, dtype=bool)
+        if filters.in_stock_only:
+            mask &= self.items.in_stock
+        if filters.include_categories:
+            mask &= self._category_mask(filters.include_categories, "filters.include_categories")
+        if filters.exclude_categories:
+            mask &= ~self._category_mask(filters.exclude_categories, "filters.exclude_categories")
+        if filters.min_price is not None:
+            mask &= self.items.price >= filters.min_price
+        if filters.max_price is not None:
+            mask &= self.items.price <= filters.max_price
+        mask.flags.writeable = False
+        if len(self._mask_cache) >= MASK_CACHE:
+            self._mask_cache.clear()
+        self._mask_cache[key] = mask
+        return mask
+
+    # ---- lists that are the same for everyone -------------------------------------------------
+
+    def trending(self, k: int, category: str | None = None, region: str | None = None) -> RankResult:
+        return self._simple_list(self.sources.trending(region or None), k, category, "trending")
+
+    def new_arrivals(self, k: int, category: str | None = None) -> RankResult:
+        return self._simple_list(self.items.new_rank, k, category, "new_arrivals")
+
+    def _simple_list(self, scores: np.ndarray, k: int, category: str | None, source: str) -> RankResult:
+        valid = self.items.in_stock & (scores > 0)
+        if category:
+            valid &= self._category_mask([category], "category")
+        order = np.flatnonzero(valid)[np.argsort(-scores[valid], kind="stable")][:k]
+        items = [self._ranked(i, r, float(scores[i]), Subject(i, None, False)) for r, i in enumerate(order.tolist())]
+        return RankResult(items, "any", source)
+
+    def similar(self, item_id: str, k: int) -> tuple[list[RankedItem], list[RankedItem]]:
+        """(similar items, bought together) for an item page."""
+        index = self.model.items.index_of  # type: ignore[union-attr]
+        i = index(item_id)
+        if i < 0:
+            raise RankingInputError(f"unknown item_id {item_id!r}", "item_id")
+        sims = self.model.similar_items([item_id], k)
+        similar = []
+        for r, (sid, score) in enumerate(zip(sims["similar_item_id"], sims["score"])):
+            reason = self.reasons.item_page("similar_to_context", i)
+            similar.append(RankedItem(sid, r + 1, float(score), self.items.category[index(sid)], [reason]))
+        together: list[RankedItem] = []
+        for sid in self.items.co_purchased[i] or []:
+            j = index(sid)
+            if j < 0 or not self.items.in_stock[j]:
+                continue
+            reason = self.reasons.item_page("bought_together", i)
+            together.append(RankedItem(sid, len(together) + 1, 1.0 / (len(together) + 1), self.items.category[j], [reason]))
+            if len(together) >= k:
+                break
+        return similar, together
+
+    # ---- personalised ranking -----------------------------------------------------------------
+
+    def rank(
+        self,
+        user_id: str,
+        k: int,
+        context: Context = Context(),
+        filters: Filters = Filters(),
+        diversity: Diversity = Diversity(),
+    ) -> RankResult:
+        u = self.user_index(user_id)
+        group = self.model.group_of(u)
+        kind = "hot" if group == "hot" else ("warm" if u >= 0 else "cold")
+        by_model = group in ("hot", "warm")
+        profile = self.users.profiles.get(user_id)
+        valid = self.filter_mask(filters, user_id)
+        ctx = self._context_items(context)
+        valid[ctx] = False  # do not recommend what is on the page / just viewed
+
+        rel, source = self.sources.relevance(u, by_model, ctx, valid, profile)
+        pool = self._candidates(rel, max(POOL_FACTOR * k, MIN_POOL), diversity.max_per_category)
+        if not len(pool):
+            return RankResult([], kind, source)
+        rel, pool = self.sources.inject(rel, pool, valid, profile, source, k)
+        chosen = self._mmr(pool, rel[pool], k, diversity)
+
+        hist_items, hist_types = self.users.history.get(user_id, (np.empty(0, np.int64), np.empty(0, np.int8)))
+        ctx_src = self._first_neighbour_of(ctx, chosen)
+        hist_src = self._first_neighbour_of(hist_items, chosen)
+        hot = kind == "hot" and by_model
+        ctx_l, hist_l, types_l = ctx.tolist(), hist_items.tolist(), hist_types.tolist()
+        items = []
+        for r, (i, score) in enumerate(zip(chosen.tolist(), rel[chosen].tolist())):
+            c, h = ctx_src[r], hist_src[r]
+            # positional: a third of the keyword call's cost, on the request path
+            subject = Subject(i, profile, hot, ctx_l[c] if c >= 0 else None, hist_l[h] if h >= 0 else None, types_l[h] if h >= 0 else None)
+            items.append(self._ranked(i, r, score, subject))
+        return RankResult(items, kind, source)
+
+    def _ranked(self, i: int, position: int, score: float, subject: Subject) -> RankedItem:
+        return RankedItem(self.items.ids[i], position + 1, score, self.items.category[i], self.reasons.explain(subject))
+
+    def _context_items(self, context: Context) -> np.ndarray:
+        """Internal indices of the context's known items (page items, then recent ones)."""
+        if not (context.item_ids or context.recent_item_ids):
+            return np.empty(0, np.int64)
+        ids = list(dict.fromkeys([*context.item_ids, *context.recent_item_ids]))
+        ctx = self.model.items.to_internal(ids)  # type: ignore[union-attr]
+        return ctx[ctx >= 0]
+
+    def _candidates(self, rel: np.ndarray, want: int, cap: int | None) -> np.ndarray:
+        """The ``want`` best items by ``rel`` (finite only), best first, equal scores in item
+        order. With a category cap, only each category's ``cap`` best items count (equal scores
+        in item order): the others can never fill a capped list."""
+        if cap is not None:
+            return kernels.capped_top(rel, self.items.group, self.items.n_groups, cap, want)
+        top = np.argpartition(-rel, want - 1)[:want] if want < self.n else np.arange(self.n)
+        vals = rel[top]
+        order = np.lexsort((top, -vals))
+        return top[order[: min(want, int(np.isfinite(vals).sum()))]]
+
+    def _mmr(self, pool: np.ndarray, rel: np.ndarray, k: int, diversity: Diversity) -> np.ndarray:
+        """Maximal marginal relevance over ``pool`` (best first): each pick maximises
+        ``lam * rel - (1 - lam) * max similarity to the picks so far``; a category that reached
+        its cap is closed. Similarity: half same category, half the cosine of the model's item
+        vectors (clipped to [0, 1]); for models without vectors, same category plus 0.3 for the
+        same top-level category. Returns the picks in order (:func:`kernels.mmr`)."""
+        lam = 1.0 - min(max(float(diversity.strength), 0.0), 1.0)
+        unit = self.similarity.unit if self.similarity.unit is not None else _NO_VECTORS
+        items = self.items
+        return kernels.mmr(pool, rel, items.cat_code[pool], items.l1_code[pool], unit, k, lam, diversity.max_per_category or 0)
+
+    def _first_neighbour_of(self, sources: np.ndarray, chosen: np.ndarray) -> list[int]:
+        """For each chosen item, the position of the first of ``sources`` that has it among its
+        ``NEIGHBOURS`` most similar items, or -1."""
+        neighbours = self.similarity.neighbours
+        if not len(sources) or not len(chosen) or neighbours.shape[1] == 0:
+            return [-1] * len(chosen)
+        return kernels.first_neighbour_of(sources, chosen, neighbours).tolist()

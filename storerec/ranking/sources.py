@@ -1,0 +1,123 @@
+"""Candidate sources: where the relevance of a personalised list comes from.
+
+In order of preference (a fallback chain, as Gorse composes its recommenders):
+
+1. **model** - the model's scores for the user, min-max scaled over the allowed items;
+2. **context** - similarity to the request's context items (the product on the page, the cart,
+   recently viewed items), blended with the model's scores by ``context_weight`` when both exist;
+3. **trending** (cold start) - the trending list of the user's region (else everyone's), then
+   30-day popularity for items that are not trending.
+
+Then **new arrivals** and **trending items** join the candidate pool at the boundary score (the
+k-th candidate's), so that they can compete in the diversity step; how many of each depends on
+the source (:data:`INJECTIONS`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from storerec.core.formulas import established
+from storerec.models.base import ModelBase
+from storerec.ranking import kernels
+from storerec.ranking.facts import POPULARITY_TIE_BREAK, ItemFacts, ItemSimilarity, UserFacts
+from storerec.ranking.reasons import trending_items
+
+
+class Source:
+    """Names of the sources (``RankResult.source``)."""
+
+    MODEL = "model"
+    MODEL_CONTEXT = "model+context"
+    CONTEXT = "context"
+    TRENDING = "trending"
+
+
+@dataclass(frozen=True)
+class Injection:
+    """How many new arrivals / trending items join the pool of a list from a given source."""
+
+    new_arrivals: int = 0
+    trending: int = 0
+
+
+# Context lists stay about the context; cold-start lists are trending already.
+INJECTIONS = {Source.MODEL: Injection(new_arrivals=2, trending=2), Source.TRENDING: Injection(new_arrivals=2)}
+
+
+class CandidateSources:
+    """The sources of one loaded model (built once; each call serves one request)."""
+
+    def __init__(self, model: ModelBase, items: ItemFacts, users: UserFacts, similarity: ItemSimilarity, context_weight: float) -> None:
+        self.model = model
+        self.items = items
+        self.users = users
+        self.similarity = similarity
+        self.context_weight = context_weight
+        self.new_items = np.flatnonzero(items.is_new)
+        trending = np.flatnonzero(trending_items(items))
+        self.trending_order = trending[np.argsort(-items.trending_rank[trending], kind="stable")]
+
+    def relevance(self, user_idx: int, by_model: bool, context: np.ndarray, valid: np.ndarray, profile: dict[str, Any] | None) -> tuple[np.ndarray, str]:
+        """Scores in [0, 1] per item (-inf: not allowed) and the name of their source."""
+        rel = self.model_scores(user_idx, valid, blend=len(context) > 0) if by_model else None
+        if len(context):
+            ctx = self.context_scores(context)
+            w = self.context_weight
+            rel = ctx if rel is None else (1 - w) * rel + w * ctx
+            return np.where(valid, rel, -np.inf).astype(np.float32), Source.MODEL_CONTEXT if by_model else Source.CONTEXT
+        if rel is None:
+            return self.cold_start(profile, valid), Source.TRENDING
+        return rel, Source.MODEL
+
+    def model_scores(self, user_idx: int, valid: np.ndarray, blend: bool) -> np.ndarray:
+        """The model's scores scaled to [0, 1] over the allowed items; items the filters leave out
+        get -inf, or 0 when the scores will be blended with the context's."""
+        scores = self.model.score_user(user_idx)
+        assert scores is not None, "only users the model routes as hot or warm come here"
+        return kernels.minmax(scores, valid, 0.0 if blend else -np.inf)
+
+    def context_scores(self, context: np.ndarray) -> np.ndarray:
+        """Mean over the context items of each item's similarity to it, scaled by that context
+        item's best similarity (so every context item counts alike), clipped to [0, 1]."""
+        sim = self.similarity.rows(context)
+        sim = np.where(np.isfinite(sim), sim, 0.0)
+        peak = sim.max(axis=1, keepdims=True)
+        peak[peak <= 0] = 1.0
+        return np.clip(sim / peak, 0, 1).mean(axis=0)
+
+    def cold_start(self, profile: dict[str, Any] | None, valid: np.ndarray) -> np.ndarray:
+        """Users the model cannot score: the trending list of their region (else everyone's), then
+        30-day popularity for items that are not trending, scaled to [0, 1]."""
+        base = self.trending((profile or {}).get("region") or "")
+        scores = np.where(base > 0, base, POPULARITY_TIE_BREAK * self.items.pop_30d).astype(np.float32)
+        return kernels.minmax(scores, valid, -np.inf)
+
+    def trending(self, region: str | None) -> np.ndarray:
+        """Trending scores: distinct users this week in ``region`` for established items, or the
+        trending order of everyone (storerec.core.formulas) when the region is None or unknown."""
+        counts = self.users.region_trending.get(region) if region is not None else None
+        return self.items.trending_rank if counts is None else counts * established(self.items.is_new)
+
+    def inject(
+        self, rel: np.ndarray, pool: np.ndarray, valid: np.ndarray, profile: dict[str, Any] | None, source: str, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, pool) with the source's new arrivals and trending items added at the score of
+        the k-th candidate; new arrivals are those the user is likeliest to want (their
+        category's share of the user's purchases, then 7-day popularity)."""
+        plan = INJECTIONS.get(source, Injection())
+        n_new = plan.new_arrivals if len(self.new_items) else 0
+        if not (n_new or plan.trending):
+            return rel, pool
+        boundary = float(rel[pool[min(k, len(pool)) - 1]])
+        items = self.items
+        share = np.zeros(items.n_groups)  # the user's purchase share of each category
+        for cat, value in (profile["top_categories"] if profile else {}).items():
+            if cat in items.cat_index:
+                share[items.cat_index[cat]] = value
+        return kernels.inject(
+            rel, pool, valid, self.new_items, share, items.group, items.pop_7d, self.trending_order, n_new, plan.trending, boundary
+        )

@@ -1,0 +1,469 @@
+"""MLflow: runs, the model registry and the artifacts that serving loads.
+
+A registered version holds a pyfunc model whose ``artifacts/`` folder has everything needed to
+serve without the training code: ``model/`` (ModelBase.save: id maps, factors or weights,
+feature matrices, config, format version), ``item_features.parquet`` (the catalogue as of
+training) and ``training.json`` (model name, params, metrics, data fingerprint).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import mlflow
+import pandas as pd  # MLflow's pyfunc interface speaks pandas; not used on hot paths
+from mlflow.pyfunc.model import PythonModel
+from mlflow.tracking import MlflowClient
+
+from storerec import __version__
+from storerec.core.errors import NotFoundError, UserError
+from storerec.core.settings import MlflowSettings
+
+ARTIFACT_MODEL = "model"
+# Where a version's data came from: tags on the version and on its run (see data_tags).
+TAG_DATA_DIR, TAG_DATA_FOLDER, TAG_FINGERPRINT = "data_dir", "data_folder", "data_fingerprint"
+LEGACY_REGISTERED_MODEL = "storerec"  # the one name every data folder shared before names per folder
+STORE_LOCK_TIMEOUT_S = 300.0  # waiting longer for another process to create/upgrade the store is an error
+LOCKED_RETRY_S = 60.0  # registry writes retried this long on "database is locked" (beyond SQLite's own 20 s busy wait)
+T = TypeVar("T")
+
+
+def metric_key(name: str) -> str:
+    """MLflow-safe metric name: ``ndcg@10/segment=new`` -> ``ndcg_at_10/segment_new``."""
+    return name.replace("@", "_at_").replace("=", "_")
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (None for in-memory or other stores)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+@contextmanager
+def store_lock(uri: str, timeout_s: float = STORE_LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold an exclusive ``fcntl`` lock on ``<db>.lock`` beside a SQLite store's file, so that
+    one process at a time creates or migrates it (MLflow's own table creation and Alembic
+    migrations race: two fresh ``storerec train`` crashed, or left the store half-migrated).
+    Nothing to lock for other stores (a server serialises its own database); a folder we cannot
+    write in is only read, so it goes unlocked too. The kernel drops the lock when its process
+    dies, so a crash never leaves it stuck."""
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        handle = open(lock_path, "a")  # noqa: SIM115 - closed by the `with handle` below; failing to open is not an error
+    except OSError:
+        yield
+        return
+    with handle:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise UserError(
+                        f"another process has held {lock_path} for {timeout_s:.0f} s while creating or upgrading the MLflow "
+                        f"store {uri}; let it finish (see `ps`), then try again"
+                    ) from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _is_locked(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "database is locked" in text or "database table is locked" in text or "temporarily_unavailable" in text
+
+
+def store_error(uri: str, action: str, exc: BaseException) -> UserError:
+    """One clear :class:`UserError` for a failure of the MLflow store, saying what to do."""
+    first = (getattr(exc, "message", None) or str(exc) or type(exc).__name__).strip().splitlines()[0][:300]
+    if _is_locked(exc):
+        hint = ("other jobs kept the SQLite database locked too long; run again when they finish, or use an MLflow server "
+                "(mlflow.tracking_uri) for many concurrent jobs")
+    else:
+        hint = (f"check that mlflow.tracking_uri points at an MLflow store; if a crashed job left it half-created, move it aside "
+                f"(the next command makes a new one) or run `mlflow db upgrade {uri}` after a backup")
+    return UserError(f"MLflow store {uri}: could not {action}: {first}; {hint}")
+
+
+@contextmanager
+def store_access(uri: str, action: str) -> Iterator[None]:
+    """Turn MLflow/database failures inside the block into :func:`store_error` (exit 2, one line)."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:  # MlflowException, SQLAlchemy/Alembic errors, OSError of a file store
+        if isinstance(exc, mlflow.exceptions.MlflowException) or type(exc).__module__.split(".")[0] in ("sqlalchemy", "alembic", "sqlite3"):
+            raise store_error(uri, action, exc) from exc
+        raise
+
+
+def retry_locked(fn: Callable[[], T], uri: str, action: str, budget_s: float = LOCKED_RETRY_S) -> T:
+    """Call ``fn``, again with backoff while SQLite answers "database is locked" (a failed write
+    is rolled back, so retrying cannot duplicate it), up to ``budget_s``; then a UserError."""
+    deadline, delay = time.monotonic() + budget_s, 0.1
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            if not _is_locked(exc) or time.monotonic() + delay > deadline:
+                if isinstance(exc, mlflow.exceptions.MlflowException) or _is_locked(exc):
+                    raise store_error(uri, action, exc) from exc
+                raise
+            logging.getLogger("storerec.tracking").info("%s: database is locked, retrying in %.1f s", action, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def configure(cfg: MlflowSettings) -> MlflowClient:
+    """Point MLflow at the configured store and make sure the experiment exists.
+
+    The default store is ``sqlite:///mlruns/mlflow.db`` with artifacts in ``mlruns/artifacts``;
+    ``MLFLOW_TRACKING_URI`` or ``mlflow.tracking_uri`` select any other server. A SQLite store
+    is opened (created, migrated) under :func:`store_lock`, so concurrent jobs are safe; any
+    failure is a :class:`UserError` that says what to do.
+    """
+    # MLflow's per-file download bars and start-up INFO lines drown our own progress output
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    uri = cfg.resolved_tracking_uri()
+    with store_lock(uri), store_access(uri, "open the tracking store"):
+        mlflow.set_tracking_uri(uri)
+        client = MlflowClient(tracking_uri=uri)
+        if client.get_experiment_by_name(cfg.experiment) is None:  # creates and migrates a new store
+            location = None
+            if "://" not in uri or uri.startswith(("sqlite:", "file:")):
+                root = Path(cfg.artifact_root).resolve()
+                root.mkdir(parents=True, exist_ok=True)
+                location = root.as_uri()
+            try:
+                client.create_experiment(cfg.experiment, artifact_location=location)
+            except mlflow.exceptions.MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # another job (on a server store) made it first
+                    raise
+        client.search_registered_models(max_results=1)  # the registry's store opens here too, under the lock
+        mlflow.set_experiment(cfg.experiment)
+    return client
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class StorerecPyfunc(PythonModel):
+    """MLflow pyfunc wrapper: ``predict`` takes a frame with ``user_id`` (and optional ``k``)."""
+
+    def load_context(self, context: Any) -> None:
+        from storerec.models.base import ModelBase
+
+        self.model = ModelBase.load(context.artifacts[ARTIFACT_MODEL])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        # ``k`` from the params (MLflow passes them only when the model has a signature) or
+        # from a ``k`` column, else 10.
+        k = int((params or {}).get("k", model_input["k"].iloc[0] if "k" in model_input.columns and len(model_input) else 10))
+        reco = self.model.recommend(model_input["user_id"].astype(str).tolist(), k=k)
+        return reco.to_pandas()
+
+
+def log_model_version(
+    *,
+    model: Any,
+    item_table: Any,
+    info: dict[str, Any],
+    registered_model: str,
+    tags: dict[str, str] | None = None,
+) -> tuple[str, str]:
+    """Log the model as a pyfunc in the active run and register it with version ``tags`` (the
+    data it was trained on, :func:`data_tags`); returns (model_uri, version).
+
+    Registration is retried while SQLite is locked by concurrent jobs; a registered model that
+    another job creates at the same moment is used as it is, and each job gets its own number."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = model.save(Path(tmp) / ARTIFACT_MODEL)
+        item_path = Path(tmp) / "item_features.parquet"
+        item_table.write_parquet(item_path)
+        info_path = Path(tmp) / "storerec.training.json"
+        info_path.write_text(json.dumps(info, indent=2, default=str))
+        # the pyfunc takes/returns pandas frames without a fixed signature, and the wrapper class is
+        # importable: MLflow's warnings about both are expected, so keep them off the console
+        pyfunc_log = logging.getLogger("mlflow.pyfunc")
+        level = pyfunc_log.level
+        pyfunc_log.setLevel(logging.ERROR)
+        try:
+            logged = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=StorerecPyfunc(),
+                artifacts={ARTIFACT_MODEL: str(model_dir), "item_features": str(item_path), "training": str(info_path)},
+                pip_requirements=[f"storerec=={__version__}"],
+            )
+        finally:
+            pyfunc_log.setLevel(level)
+    uri = mlflow.get_tracking_uri()
+    version = retry_locked(
+        lambda: mlflow.register_model(logged.model_uri, registered_model, tags=tags or None),
+        uri, f"register a version of {registered_model}",
+    )
+    return logged.model_uri, str(version.version)
+
+
+def data_tags(fingerprint: str, data_dir: Path | str | None) -> dict[str, str]:
+    """Where a run/version's data came from: the data folder (absolute path and name) and the
+    fingerprint of its tables."""
+    tags = {TAG_FINGERPRINT: fingerprint}
+    if data_dir is not None:
+        folder = Path(data_dir).resolve()
+        tags.update({TAG_DATA_DIR: str(folder), TAG_DATA_FOLDER: folder.name})
+    return tags
+
+
+def standard_tags(fingerprint: str, data_dir: Path | str | None = None) -> dict[str, str]:
+    return {**data_tags(fingerprint, data_dir), "git_commit": git_commit(), "storerec_version": __version__}
+
+
+def resolve_version(client: MlflowClient, registered_model: str, ref: str) -> Any:
+    """A model version from ``"3"``, ``"champion"``, ``"storerec@champion"`` or ``"storerec/3"``."""
+    name, sep, what = ref.partition("@")
+    if not sep:
+        name, sep, what = ref.partition("/")
+    if not sep:
+        name, what = registered_model, ref
+    try:
+        if what.isdigit():
+            return client.get_model_version(name, what)
+        return client.get_model_version_by_alias(name, what)
+    except mlflow.exceptions.MlflowException as exc:
+        if _is_locked(exc):
+            raise store_error(mlflow.get_tracking_uri(), f"look up model version {ref!r}", exc) from None
+        hint = ""
+        if not sep and name != LEGACY_REGISTERED_MODEL and _has_versions(client, LEGACY_REGISTERED_MODEL):
+            hint = (f"; versions registered before one registered model per data folder are under {LEGACY_REGISTERED_MODEL!r}: "
+                    f"name it ({LEGACY_REGISTERED_MODEL}@{what} or {LEGACY_REGISTERED_MODEL}/N), or set mlflow.registered_model = "
+                    f"\"{LEGACY_REGISTERED_MODEL}\" to keep using that name")
+        raise NotFoundError(
+            f"no model version {ref!r} in the registry ({exc.message.splitlines()[0]}); "
+            f"list versions with `storerec models`, train one with `storerec train`{hint}"
+        ) from None
+
+
+def _has_versions(client: MlflowClient, registered_model: str) -> bool:
+    try:
+        return bool(client.search_model_versions(f"name='{registered_model}'", max_results=1))
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
+def download_version(client: MlflowClient, version: Any, dst: Path | None = None) -> Path:
+    """Download a version's artifacts; returns the folder holding ``model/`` and friends."""
+    dst = Path(dst or tempfile.mkdtemp(prefix="storerec-model-"))
+    local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dst))
+    return Path(local) / "artifacts"
+
+
+def set_alias(client: MlflowClient, registered_model: str, version: str, alias: str) -> None:
+    try:
+        client.get_model_version(registered_model, version)
+    except mlflow.exceptions.MlflowException as exc:
+        if _is_locked(exc):
+            raise store_error(mlflow.get_tracking_uri(), f"look up {registered_model} version {version}", exc) from None
+        raise UserError(f"{registered_model} has no version {version}; see `storerec models`") from None
+    retry_locked(lambda: client.set_registered_model_alias(registered_model, alias, version),
+                 mlflow.get_tracking_uri(), f"point {registered_model}@{alias} at version {version}")
+
+
+# ---- which data a version belongs to ----------------------------------------------------------
+
+MIN_CATALOGUE_SHARE = 0.9
+
+
+def version_data(client: MlflowClient, version: Any, run: Any = None) -> dict[str, str]:
+    """The data a version was trained on, from its tags (``data_dir``, ``data_folder``,
+    ``data_fingerprint``), else its run's tags (``run``, fetched when not given; versions from
+    before the version tags carry only the fingerprint); missing keys are absent."""
+    tags = {k: v for k, v in (version.tags or {}).items() if k in (TAG_DATA_DIR, TAG_DATA_FOLDER, TAG_FINGERPRINT)}
+    if len(tags) < 3 and (run is not None or version.run_id):
+        try:
+            run_tags = (run or client.get_run(version.run_id)).data.tags
+        except mlflow.exceptions.MlflowException:
+            run_tags = {}
+        for key in (TAG_DATA_DIR, TAG_DATA_FOLDER, TAG_FINGERPRINT):
+            if key not in tags and run_tags.get(key):
+                tags[key] = run_tags[key]
+    return tags
+
+
+def describe_data(data: dict[str, str]) -> str:
+    """``data (3f2a9c1b)``: folder name and short fingerprint; ``?`` for what is not recorded."""
+    return f"{data.get(TAG_DATA_FOLDER, '?')} ({data.get(TAG_FINGERPRINT, '?')[:8]})"
+
+
+def same_folder(data: dict[str, str], data_dir: Path | str) -> bool | None:
+    """Whether the version's recorded data folder is ``data_dir`` (None: not recorded)."""
+    recorded = data.get(TAG_DATA_DIR)
+    return None if not recorded else Path(recorded) == Path(data_dir).resolve()
+
+
+def served_item_ids(data_dir: Path | str) -> set[str] | None:
+    """The catalogue a service on ``data_dir`` serves: the items table, else the items with
+    events; None when the folder has neither."""
+    import polars as pl
+
+    from storerec.core.schema import Columns
+    from storerec.features import io
+
+    for table in ("items", "events"):
+        if io.has_table(Path(data_dir), table):
+            ids = pl.read_parquet(io.table_path(Path(data_dir), table), columns=[Columns.Item])[Columns.Item]
+            return set(ids.cast(pl.String).unique().drop_nulls().to_list())
+    return None
+
+
+def check_catalogue(model: Any, data_dir: Path | str, *, label: str, data: dict[str, str]) -> None:
+    """Refuse to serve a model trained on another data set: at least ``MIN_CATALOGUE_SHARE``
+    (90 %) of the items the model can recommend must be in ``data_dir``'s catalogue
+    (:func:`served_item_ids`). A version retrained on a store that grew, or whose store has
+    since dropped a few items, passes; MovieLens against the built-in store (no item in common)
+    does not. Raises :class:`UserError` (``storerec serve`` exit 2, ``/admin/reload`` 409)."""
+    served = served_item_ids(data_dir)
+    items = [] if model.items is None else model.items.external.tolist()
+    if served is None or not items:
+        return
+    known = sum(1 for item in items if item in served)
+    share = known / len(items)
+    if share >= MIN_CATALOGUE_SHARE:
+        return
+    folder = Path(data_dir).resolve()
+    raise UserError(
+        f"{label} was trained on another data set ({describe_data(data)}"
+        f"{', ' + data[TAG_DATA_DIR] if data.get(TAG_DATA_DIR) else ''}): only {known:,} of its {len(items):,} items "
+        f"({share:.0%}) are in the catalogue of {folder} ({MIN_CATALOGUE_SHARE:.0%} needed); serve a version trained on "
+        f"this folder (`storerec models --data-dir {folder}`) or train one (`storerec train --data-dir {folder}`)"
+    )
+
+
+def version_label(version: Any, ref: str) -> str:
+    """``storerec-data version 3 (champion)`` for messages."""
+    return f"{version.name} version {version.version}" + (f" ({ref})" if ref != str(version.version) else "")
+
+
+def check_version_for_folder(client: MlflowClient, version: Any, data_dir: Path | str, ref: str) -> None:
+    """:func:`check_catalogue` before starting a service: a version whose recorded data folder
+    is ``data_dir`` passes at once; any other is downloaded and its items compared."""
+    data = version_data(client, version)
+    if same_folder(data, data_dir):
+        return
+    from storerec.models.base import ModelBase
+
+    with tempfile.TemporaryDirectory(prefix="storerec-check-") as tmp:
+        model = ModelBase.load(download_version(client, version, Path(tmp)) / ARTIFACT_MODEL)
+    check_catalogue(model, data_dir, label=version_label(version, ref), data=data)
+
+
+def list_versions(client: MlflowClient, registered_model: str, data_dir: Path | str | None = None) -> list[dict[str, Any]]:
+    """Versions, newest first, with aliases, the headline metrics logged by their run and the
+    data set they were trained on (``data``; ``other_data``: True when recorded for another
+    folder than ``data_dir``, None when not recorded)."""
+    try:
+        versions = client.search_model_versions(f"name='{registered_model}'")
+    except mlflow.exceptions.MlflowException as exc:
+        if _is_locked(exc):
+            raise store_error(mlflow.get_tracking_uri(), f"list the versions of {registered_model}", exc) from None
+        return []
+    aliases: dict[str, list[str]] = {}
+    try:
+        for alias, ver in client.get_registered_model(registered_model).aliases.items():
+            aliases.setdefault(str(ver), []).append(alias)
+    except mlflow.exceptions.MlflowException:
+        pass
+    rows = []
+    for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        run = client.get_run(v.run_id) if v.run_id else None
+        metrics = run.data.metrics if run else {}
+        data = version_data(client, v, run)
+        same = same_folder(data, data_dir) if data_dir is not None else None
+        rows.append(
+            {
+                "version": v.version,
+                "aliases": ",".join(sorted(aliases.get(str(v.version), []))),
+                "model": (run.data.params.get("model") if run else "") or "",
+                "ndcg@10": metrics.get(metric_key("ndcg@10")),
+                "recall@10": metrics.get(metric_key("recall@10")),
+                "coverage@10": metrics.get(metric_key("coverage@10")),
+                "run_id": v.run_id,
+                "created": v.creation_timestamp,
+                "data": describe_data(data),
+                "data_dir": data.get(TAG_DATA_DIR),
+                "other_data": None if same is None else not same,
+            }
+        )
+    return rows
+
+
+def other_registered_models(client: MlflowClient, registered_model: str) -> list[tuple[str, int]]:
+    """(name, number of versions) of the other registered models in the store."""
+    try:
+        models = client.search_registered_models(max_results=1000)
+    except mlflow.exceptions.MlflowException:
+        return []
+    return [(m.name, len(client.search_model_versions(f"name='{m.name}'"))) for m in models if m.name != registered_model]
+
+
+def render_versions(client: MlflowClient, registered_model: str, data_dir: Path | str) -> str:
+    """The ``storerec models`` listing: the versions of ``registered_model`` with the data set
+    of each (``*``: recorded for another folder than ``data_dir``), then versions still under
+    the shared name of older stores (``storerec``) and the other registered models."""
+    folder = Path(data_dir).resolve()
+    fmt = "{:>7}  {:<20} {:<11} {:>8} {:>9} {:>11}  {:<28} {}"
+    num = lambda v: "-" if v is None else f"{v:.4f}"
+
+    def table(rows: list[dict[str, Any]]) -> list[str]:
+        out = [fmt.format("version", "aliases", "model", "ndcg@10", "recall@10", "coverage@10", "data set", "run_id")]
+        for r in rows:
+            data = r["data"] + (" *" if r["other_data"] else "")
+            out.append(fmt.format(r["version"], r["aliases"] or "-", r["model"], num(r["ndcg@10"]), num(r["recall@10"]),
+                                  num(r["coverage@10"]), data, r["run_id"]))
+        return out
+
+    rows = list_versions(client, registered_model, folder)
+    lines = [f"registered model {registered_model} (data folder {folder})"]
+    lines += table(rows) if rows else ["no registered versions yet: run `storerec train --model als` (or `make run`)"]
+    legacy = list_versions(client, LEGACY_REGISTERED_MODEL, folder) if registered_model != LEGACY_REGISTERED_MODEL else []
+    if legacy:
+        lines += ["", f"versions under {LEGACY_REGISTERED_MODEL!r}, the name every data folder shared before one registered model per "
+                      f"data folder: name them {LEGACY_REGISTERED_MODEL}/N or {LEGACY_REGISTERED_MODEL}@alias, or set "
+                      f"mlflow.registered_model = \"{LEGACY_REGISTERED_MODEL}\" to keep using that name"]
+        lines += table(legacy)
+    if any(r["other_data"] for r in rows + legacy):
+        lines += [f"* trained on another data folder than {folder}: serving refuses it unless {MIN_CATALOGUE_SHARE:.0%} of "
+                  "its items are in this folder's catalogue"]
+    others = [(n, c) for n, c in other_registered_models(client, registered_model) if n != LEGACY_REGISTERED_MODEL]
+    if others:
+        listed = ", ".join(f"{n} ({c} version{'s' if c != 1 else ''})" for n, c in others)
+        lines += [f"other registered models in this store: {listed}; list one with `storerec models --data-dir <its data folder>`"]
+    return "\n".join(lines)

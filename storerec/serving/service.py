@@ -1,0 +1,465 @@
+"""The storerec HTTP service (BentoML 1.4): the ``StoreRec`` service class.
+
+Start it with ``storerec serve`` (or ``make serve``): it checks the registered version and the
+event log, then runs ``bentoml serve storerec.serving.service:StoreRec`` with the process-level
+options (workers, access log, metrics) in BentoML's configuration (serving/launch.py). Each
+worker reads the settings in ``__init__`` and loads the model there; nothing happens at import.
+
+Endpoints (``serving/http.py`` holds their request and response models, ``ROUTES``):
+
+* ``POST /recommend``, ``/similar_items``, ``/trending``, ``/new_arrivals``: lists with reasons;
+* ``POST /events``: clicks, carts and purchases on a served list (the event log);
+* ``POST /score``: bare model scores (a diagnostic);
+* ``POST /admin/reload``: load another version in every worker (needs ``x-admin-token``);
+* ``GET /readyz`` (200 once a model is loaded and the event log can write, else 503 with the
+  reasons), ``GET /experiments``, ``GET /docs.json`` (the OpenAPI document; BentoML's page at
+  ``GET /`` shows it): the service's status app, a FastAPI app mounted on the service whose
+  methods BentoML calls on the worker's instance;
+* BentoML's own ``GET /healthz`` and ``/livez`` (alive) and ``GET /metrics`` (Prometheus, unless
+  ``serving.metrics = false``).
+
+Every request passes the gate first (serving/http.py: CORS, media type, size, admin token, strict
+validation). BentoML matches its own ``/readyz`` route before any mounted app, and it answers a
+bare 200/503; the gate hands ``GET /readyz`` to the status app instead, so the answer carries the
+reasons (BentoML's route still answers ``HEAD /readyz``, from ``__is_ready__``).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import bentoml
+from fastapi import FastAPI
+from pydantic import BaseModel
+from pydantic_core import to_json
+from starlette.responses import Response
+
+from storerec.core.errors import NotFoundError, UserError
+from storerec.core.settings import load_settings
+from storerec.events.eventlog import EventLog, EventLogRejected, EventLogUnavailable, now_utc, recent_activity
+from storerec.events.experiments import assign
+from storerec.models.base import top_k_row
+from storerec.ranking.ranker import Context, Diversity, Filters, RankedItem, Ranker, RankingInputError, RankResult
+from storerec.serving.control import ControlStore, ModelSync, service_key
+from storerec.serving.freqcap import FrequencyCap
+from storerec.serving.http import ROUTES, Gate, GateConfig, error_response, openapi_json
+from storerec.serving.launch import SERVICE_NAME
+from storerec.serving.schemas import EventsRequest, ListRequest, RecommendRequest, ReloadRequest, ReloadResponse, ScoreRequest, SimilarRequest
+from storerec.serving.state import Loaded, ServingState, load_state
+from storerec.serving.watchdog import watch_parent
+
+log = logging.getLogger("storerec.serving")
+
+TRAFFIC_TIMEOUT_S = 30  # BentoML answers 504 past this (eventlog.ack_timeout_ms stays below it)
+
+
+def _endpoint(path: str) -> Any:
+    """``@bentoml.api`` on ``path`` with its request and response models from :data:`ROUTES`.
+
+    The endpoints take the validated fields (the gate validated the body strictly, BentoML parses
+    it once more into the request model) and return a Starlette response: the JSON they build
+    themselves (:func:`_json`), or an error (:func:`error_response`). The response model is the
+    contract the OpenAPI document shows and the tests hold the bodies to.
+    """
+    route = ROUTES[path]
+    return bentoml.api(route=path, input_spec=route.request, output_spec=route.response)
+
+
+def _items(items: list[RankedItem]) -> list[dict[str, Any]]:
+    """Items in the :class:`ItemOut` shape."""
+    return [{"item_id": i.item_id, "rank": i.rank, "score": round(i.score, 6), "category": i.category, "reasons": i.reasons} for i in items]
+
+
+def _json(body: dict[str, Any] | BaseModel, code: int = 200) -> Response:
+    """The response, serialised by pydantic-core straight from plain data.
+
+    Each endpoint's response model (:func:`_endpoint`) is its contract; building the pydantic
+    objects only to serialise them cost more than the ranking pipeline's reasons step, so the
+    list endpoints build plain data in that shape.
+    """
+    return Response(to_json(body), status_code=code, media_type="application/json")
+
+
+def _freeze_heap(refreeze: bool = False) -> None:
+    """Move everything alive now (models, profiles, histories, libraries: ~400,000 objects) out
+    of the garbage collector's reach. A full collection over them takes ~250 ms here, a stall
+    every request in flight would wait for; they live as long as the process (or until the next
+    reload, which unfreezes, collects what the old model left and freezes again)."""
+    if refreeze:
+        gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
+status_app = FastAPI(title="storerec status", docs_url=None, redoc_url=None, openapi_url=None)  # the GET routes, mounted below
+
+
+@status_app.get("/docs.json")
+async def docs_json() -> Response:
+    """The OpenAPI document (serving/http.py)."""
+    return Response(openapi_json(), media_type="application/json")
+
+
+@bentoml.service(name=SERVICE_NAME, traffic={"timeout": TRAFFIC_TIMEOUT_S})
+@bentoml.asgi_app(status_app, path="/", name="status")
+class StoreRec:
+    """Recommendations for online stores. BentoML makes one instance per worker; it holds what
+    the worker serves (swapped whole by a reload), the event log writer and the sync with the
+    other workers."""
+
+    def __init__(self) -> None:
+        self.settings = load_settings()  # $STOREREC_CONFIG and STOREREC__* (set by `storerec serve`)
+        # BentoML's server logging passes WARNING and up from other loggers; ours go at this level
+        logging.getLogger("storerec").setLevel(self.settings.serving.log_level)
+        self.gate = GateConfig.from_settings(self.settings)
+        self._lock = threading.Lock()
+        self._shutdown_lock = threading.Lock()
+        self._closed = False
+        if bentoml.server_context.worker_index is not None:  # a worker of `bentoml serve` (not an app in a test)
+            watch_parent(self._shutdown)  # exit when the arbiter dies (serving/watchdog.py)
+        try:
+            self.state: ServingState = self._initial_state()
+        except UserError as exc:
+            log.error("storerec cannot start: %s", exc)
+            raise SystemExit(f"storerec cannot start: {exc}") from None
+        log.info("serving %s version %s", self.state.default.model_name, self.state.default.version)
+        ev = self.settings.eventlog
+        try:
+            self.eventlog = EventLog.from_settings(ev) if ev.enabled else None
+        except UserError as exc:
+            log.error("storerec cannot start: %s", exc)
+            raise SystemExit(f"storerec cannot start: {exc}") from None
+        fc = self.settings.frequency_cap
+        self.freqcap = FrequencyCap(fc.max_impressions, fc.window_hours, fc.hold_hours) if fc.enabled else None
+        if self.freqcap is not None and self.eventlog is not None:
+            since = now_utc() - timedelta(hours=fc.window_hours + fc.hold_hours)
+            shown, touched = recent_activity(self.eventlog.engine, since)
+            for user, item, ts in shown:
+                self.freqcap.record_impression(user, [item], ts)
+            for user, item, ts in touched:
+                self.freqcap.record_interaction(user, item, ts)
+        self._request_users: OrderedDict[str, str] = OrderedDict()  # recent request_id -> user_id
+        self.sync.start()
+        _freeze_heap()
+
+    # ---- the status app (GET) -------------------------------------------------------------------
+
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        """200 while the event log can write (a model is loaded once ``__init__`` returned), else
+        503; the body names every reason, the model served, the experiments, the event log and
+        this worker's view of the control store. No I/O."""
+        state = self.state
+        reasons: list[str] = []
+        event_log: dict[str, Any] = {"enabled": self.eventlog is not None}
+        if self.eventlog is not None:
+            event_log.update(self.eventlog.status())
+            if not event_log.get("ok", True):
+                reasons.append(f"event log cannot write: {event_log.get('reason')}")
+        body: dict[str, Any] = {
+            "ready": not reasons,
+            "reasons": reasons,
+            "model": state.default.model_name,
+            "model_version": state.default.version,
+            "experiments": {e["name"]: {"status": e["status"], "error": e["error"]} for e in state.experiment_status()},
+            "event_log": event_log,
+            "control": self.control_status(),
+        }
+        return (200 if not reasons else 503), body
+
+    @status_app.get("/readyz")
+    async def readyz(self) -> Response:
+        """Ready to serve (:meth:`readiness`)."""
+        code, body = self.readiness()
+        return _json(body, code)
+
+    @status_app.get("/experiments")
+    async def experiments(self) -> Response:
+        """Experiments from the experiments file, their status and variants."""
+        return _json({"experiments": self.state.experiment_status()})
+
+    def __is_ready__(self) -> bool:
+        """BentoML's own ``/readyz`` (``HEAD /readyz``; the gate sends ``GET`` to :meth:`readyz`)."""
+        return self.readiness()[0] == 200
+
+    # ---- one version on every worker (serving/control.py) -----------------------------------
+
+    def _initial_state(self) -> ServingState:
+        """Load what the service follows now (the control row: a worker restarted after a
+        reload joins the others), else ``serving.model``; set up the sync with the workers."""
+        cfg = self.settings.serving
+        self.control = ControlStore(cfg.control_url, service_key(self.settings.registered_model_name(), cfg.host, cfg.port))
+        row = self.control.read()
+        follows, generation, error = (row.ref, row.generation, None) if row is not None else (cfg.model, 0, None)
+        try:
+            state = load_state(self.settings, follows)
+        except UserError as exc:
+            if follows == cfg.model:
+                raise
+            error = f"loading {follows!r} (generation {generation}) failed: {exc}"
+            log.error("%s; starting on %s, retrying in the background", error, cfg.model)
+            follows, generation = cfg.model, 0
+            state = load_state(self.settings, follows)
+        self._mlflow_client: Any = None
+        self.sync = ModelSync(
+            self.control, lock=self._lock, load=lambda ref: load_state(self.settings, ref), swap=self._swap,
+            versions=lambda st: {ref: loaded.version for ref, loaded in st.by_ref.items()}, resolve=self._resolve,
+            state=state, follows=follows, generation=generation, sync_s=cfg.sync_ms / 1000.0, alias_poll_s=cfg.alias_poll_s,
+            error=error,
+        )
+        return state
+
+    def _swap(self, state: ServingState) -> None:
+        """Swap the whole serving state (called under ``self._lock``); requests in flight keep
+        the one they read."""
+        self.state = state
+        _freeze_heap(refreeze=True)
+
+    def _resolve(self, ref: str) -> str:
+        """The version ``ref`` points at in the registry now (the sync thread's alias poll)."""
+        from mlflow import MlflowClient
+
+        from storerec.registry import tracking
+
+        if self._mlflow_client is None:
+            self._mlflow_client = MlflowClient(tracking_uri=self.settings.mlflow.resolved_tracking_uri())
+        return str(tracking.resolve_version(self._mlflow_client, self.settings.registered_model_name(), ref).version)
+
+    def control_status(self) -> dict[str, Any]:
+        """This worker's view (for ``GET /readyz``; no I/O): ``generation`` applied,
+        ``model_version`` served, the reference it ``follows``, ``worker_id``/``pid``, the live
+        ``workers`` (id, pid, generation, version, heartbeat age, last error) and ``sync_error``
+        (a failing control store or load: the worker keeps serving what it has)."""
+        return self.sync.status()
+
+    def _shutdown(self) -> None:
+        """Stop syncing, leave the workers list, flush the event log; once (a second caller
+        waits for the first: the shutdown hook and the orphan watchdog may both call it)."""
+        with self._shutdown_lock:
+            if self._closed:
+                return
+            self._closed = True
+            sync = getattr(self, "sync", None)
+            if sync is not None:
+                sync.stop()
+            eventlog = getattr(self, "eventlog", None)
+            if eventlog is not None:
+                eventlog.close()
+            control = getattr(self, "control", None)
+            if control is not None:
+                control.close()
+
+    @bentoml.on_shutdown
+    def _flush_event_log(self) -> None:
+        self._shutdown()
+
+    def _current(self) -> ServingState:
+        return self.state  # one read: a reload swaps the reference, in-flight requests keep theirs
+
+    def _log_list(
+        self, request_id: str, now: datetime, loaded: Loaded, items: list[RankedItem], *, page: str,
+        user_id: str | None = None, session_id: str | None = None, experiment: str | None = None, variant: str | None = None,
+    ) -> None:
+        """Queue the impression (never waits for the database)."""
+        item_ids = [i.item_id for i in items]
+        if self.eventlog is not None:
+            self.eventlog.log_impression(
+                {"request_id": request_id, "ts": now, "user_id": user_id, "session_id": session_id, "experiment": experiment,
+                 "variant": variant, "model": loaded.model_name, "model_version": loaded.version, "page": page},
+                item_ids,
+            )
+        if user_id is not None:
+            self._request_users[request_id] = user_id
+            if len(self._request_users) > 200_000:
+                self._request_users.popitem(last=False)
+            if self.freqcap is not None:
+                self.freqcap.record_impression(user_id, item_ids, now)
+
+    @_endpoint("/recommend")
+    async def recommend(self, **kw: Any) -> Response:
+        """Personalised list with reasons and diversity (home, product and cart pages)."""
+        req = RecommendRequest.model_construct(**kw)  # validated by BentoML against the input spec
+        state = self._current()
+        now = now_utc()
+        profile = state.default.ranker.profiles.get(req.user_id) if req.user_id else None
+        a = assign(state.experiments, set(state.disabled), user_id=req.user_id, session_id=req.session_id, profile=profile, now=now)
+        loaded = state.by_ref[a.config.model] if a.config is not None else state.default
+        strength = req.diversity.strength
+        if strength is None and a.config is not None:
+            strength = a.config.diversity_strength
+        if strength is None:
+            strength = self.settings.serving.diversity_strength
+        cap = req.diversity.max_per_category
+        if cap is None and a.config is not None:
+            cap = a.config.max_per_category
+        exclude = list(req.filters.exclude_item_ids)
+        if self.freqcap is not None and req.user_id:
+            exclude += self.freqcap.held_back(req.user_id, now)
+        user_key = req.user_id or f"anonymous:{req.session_id}"  # unknown to every model: cold start
+        try:
+            result = loaded.ranker.rank(
+                user_key,
+                req.k,
+                Context(req.context.page, tuple(req.context.item_ids), tuple(req.context.recent_item_ids)),
+                Filters(
+                    exclude_seen=req.filters.exclude_seen,
+                    exclude_purchased=req.filters.exclude_purchased,
+                    include_categories=tuple(req.filters.include_categories),
+                    exclude_categories=tuple(req.filters.exclude_categories),
+                    min_price=req.filters.min_price,
+                    max_price=req.filters.max_price,
+                    in_stock_only=req.filters.in_stock_only,
+                    exclude_item_ids=tuple(exclude),
+                ),
+                Diversity(strength, cap),
+            )
+        except RankingInputError as exc:
+            return error_response(404, str(exc), field=exc.field)
+        request_id = uuid.uuid4().hex
+        self._log_list(request_id, now, loaded, result.items, page=req.context.page, user_id=req.user_id,
+                       session_id=req.session_id, experiment=a.experiment, variant=a.variant)
+        return _json({
+            "request_id": request_id,
+            "model": loaded.model_name,
+            "model_version": loaded.version,
+            "experiment": a.experiment,
+            "variant": a.variant,
+            "user_kind": result.user_kind,
+            "source": result.source,
+            "items": _items(result.items),
+        })
+
+    @_endpoint("/events")
+    async def events(self, **kw: Any) -> Response:
+        """Record clicks, add-to-carts and purchases (with revenue) against the request_id of the
+        list they came from. Answers only once the events are committed to the event log."""
+        req = EventsRequest.model_construct(**kw)  # validated by BentoML against the input spec
+        if self.eventlog is None:
+            return error_response(404, "event logging is off on this service (eventlog.enabled = false)", code="event_log_off")
+        now = now_utc()
+        rows: list[dict[str, Any]] = []
+        for e in req.events:  # types, revenue and timestamp bounds were checked by the gate (serving.http)
+            ts = e.timestamp or now
+            ts = ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+            user = e.user_id or self._request_users.get(e.request_id)
+            rows.append({"event_id": e.event_id, "ts": ts, "request_id": e.request_id, "user_id": user,
+                         "session_id": e.session_id, "item_id": e.item_id, "event_type": e.event_type, "revenue": e.revenue})
+        try:
+            stored = await self.eventlog.store_feedback(rows, self.settings.eventlog.ack_timeout_ms / 1000.0)
+        except EventLogRejected as exc:  # the database refuses these rows themselves: a retry cannot help
+            return error_response(422, f"the event log refused these events ({exc}); none of them was stored", code="rule_violated")
+        except EventLogUnavailable as exc:
+            return error_response(
+                503, f"the event log could not store these events ({exc}); none of them was stored: retry later",
+                code="event_log_unavailable",
+            )
+        if self.freqcap is not None:
+            for r in rows:
+                if r["user_id"]:
+                    self.freqcap.record_interaction(r["user_id"], r["item_id"], r["ts"])
+        return _json({"received": len(rows), "stored": stored})
+
+    @_endpoint("/score")
+    async def score(self, **kw: Any) -> Response:
+        """Bare model scores: the user's top k over all items, with no filters, context, diversity
+        or reasons. A diagnostic, and the baseline of the serving benchmark (``make bench-serve``)."""
+        req = ScoreRequest.model_construct(**kw)  # validated by BentoML against the input spec
+        state = self._current().default
+        model = state.ranker.model
+        scores = model.score_user(state.ranker.user_index(req.user_id))
+        if scores is None:
+            return error_response(404, f"the {model.name} model cannot score this user_id (unknown user); use /recommend for cold start",
+                                  field="user_id")
+        idx, sc = top_k_row(scores, req.k)
+        return _json({
+            "request_id": uuid.uuid4().hex, "model": state.model_name, "model_version": state.version,
+            "items": [{"item_id": i, "score": s} for i, s in zip(model.items.to_external(idx).tolist(), sc.tolist())],  # type: ignore[union-attr]
+        })
+
+    @_endpoint("/similar_items")
+    async def similar_items(self, **kw: Any) -> Response:
+        """Item page: similar items (the model's item-item similarity) and items bought together."""
+        req = SimilarRequest.model_construct(**kw)  # validated by BentoML against the input spec
+        state = self._current().default
+        try:
+            similar, together = state.ranker.similar(req.item_id, req.k)
+        except RankingInputError as exc:
+            return error_response(404, str(exc), field="item_id")
+        request_id = uuid.uuid4().hex
+        self._log_list(request_id, now_utc(), state, similar + together, page="product")
+        return _json({
+            "request_id": request_id, "model": state.model_name, "model_version": state.version,
+            "similar": _items(similar), "bought_together": _items(together),
+        })
+
+    @_endpoint("/trending")
+    async def trending(self, **kw: Any) -> Response:
+        """Items growing fastest this week (established items), optionally per category or region."""
+        req = ListRequest.model_construct(**kw)  # validated by BentoML against the input spec
+        return self._list("trending", lambda ranker: ranker.trending(req.k, req.category, req.region))
+
+    @_endpoint("/new_arrivals")
+    async def new_arrivals(self, **kw: Any) -> Response:
+        """Popular new arrivals, optionally per category."""
+        req = ListRequest.model_construct(**kw)  # validated by BentoML against the input spec
+        return self._list("new_arrivals", lambda ranker: ranker.new_arrivals(req.k, req.category))
+
+    def _list(self, page: str, rank: Callable[[Ranker], RankResult]) -> Response:
+        """A list for no one in particular (``page``: trending, new arrivals), from the default
+        model's ranker; logged as an impression."""
+        loaded = self._current().default
+        try:
+            result = rank(loaded.ranker)
+        except RankingInputError as exc:
+            return error_response(404, str(exc), field=exc.field)
+        request_id = uuid.uuid4().hex
+        self._log_list(request_id, now_utc(), loaded, result.items, page=page)
+        return _json({"request_id": request_id, "items": _items(result.items)})
+
+    @_endpoint("/admin/reload")
+    def reload(self, **kw: Any) -> Response:
+        """Load the configured alias (or ``model``: an alias or a version number) and swap it in
+        atomically on every worker.
+
+        Requests in flight finish on the old model; if the new one fails to load, the old one
+        keeps serving everywhere and the call answers 404 (no such version) or 409 (it cannot be
+        loaded) with the reason. Otherwise the answer (200) comes once every live worker serves
+        the new version, or after ``serving.reload_wait_s`` with ``complete: false`` and the
+        ``lagging`` workers named (they keep retrying). Without ``model`` the service follows the configured alias again, so a
+        later ``storerec promote`` reaches every worker within ``serving.alias_poll_s`` plus a load.
+        """
+        # The admin token, media type and body were checked by the gate (serving.http).
+        # Load here first (a failure changes nothing), publish the new generation, swap, then
+        # wait until every live worker serves it (serving/control.py).
+        req = ReloadRequest.model_construct(**kw)  # validated by BentoML against the input spec
+        ref = req.model or self.settings.serving.model
+        try:
+            new, previous, generation = self.sync.reload(ref)
+        except UserError as exc:
+            current = self._current().default.version
+            code = 404 if isinstance(exc, NotFoundError) else 409  # unknown version / exists but cannot be loaded
+            return error_response(code, f"reload failed, still serving version {current}: {exc}", field="model")
+        workers: list[dict[str, Any]]
+        lagging: list[str]
+        if generation is None:  # control store unavailable: only this worker changed
+            complete, workers, lagging = False, [], []
+        else:
+            complete, workers, lagging = self.sync.wait_for(generation, self.settings.serving.reload_wait_s)
+        log.info("reloaded: version %s -> %s (%s, generation %s, %s)", previous, new.default.version, ref, generation,
+                 "every worker" if complete else f"not on {lagging or 'the other workers'}")
+        return _json(ReloadResponse(
+            model=new.default.model_name, model_version=new.default.version, previous_version=previous or "", follows=ref,
+            generation=generation, complete=complete, workers=workers, lagging=lagging, sync_error=self.control.error,
+        ))
+
+
+# Each worker's gate reads its configuration from the worker's service instance (at the first
+# request, once BentoML has made it); GET /readyz goes to the status app (module docstring).
+# (cast: the class decorators made StoreRec a bentoml.Service; a type checker keeps the class)
+cast("bentoml.Service[StoreRec]", StoreRec).add_asgi_middleware(Gate, config=lambda: bentoml.get_current_service().gate, readyz=status_app)

@@ -1,0 +1,113 @@
+"""``storerec train``: fit one model, evaluate it on the validation window, log and register it."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from storerec.core.progress import Progress
+from storerec.core.settings import Settings
+from storerec.core.tables import markdown_table
+from storerec.registry import tracking
+from storerec.training.pipeline import Split, Tables, make_split, refit_full, train_and_evaluate
+
+
+@dataclass
+class TrainSummary:
+    model: str
+    run_id: str
+    version: str | None
+    metrics: dict[str, float]
+    seconds: dict[str, float]
+
+    def render(self, k: int = 10) -> str:
+        keys = [f"ndcg@{k}", f"precision@{k}", f"recall@{k}", f"map@{k}", f"coverage@{k}", f"diversity@{k}"]
+        head = " ".join(f"{key}={self.metrics[key]:.4f}" for key in keys if key in self.metrics)
+        where = f"registered as version {self.version}" if self.version else "not registered"
+        return f"{self.model}: {head}\n  run {self.run_id}, {where}; " + ", ".join(
+            f"{k} {v:.1f}s" for k, v in self.seconds.items()
+        )
+
+
+def parse_params(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``key=value`` strings to a dict; values parsed as JSON when possible (``factors=128``)."""
+    from storerec.core.errors import UserError
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--param {pair!r} is not key=value (e.g. --param factors=128)")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def train_one(
+    settings: Settings,
+    tables: Tables,
+    split: Split,
+    name: str,
+    overrides: dict[str, Any] | None = None,
+    *,
+    register: bool = True,
+    progress: Progress,
+    run_name: str | None = None,
+    nested: bool = False,
+) -> TrainSummary:
+    """Train, evaluate and log one model in its own MLflow run (optionally registered)."""
+    with progress.step(f"{name}: fit on the split and evaluate"):
+        result = train_and_evaluate(settings, tables, split, name, overrides)
+    # a failing store (locked past the retries, broken) is one error line, the run marked failed
+    with tracking.store_access(mlflow.get_tracking_uri(), f"log the {name} run"), mlflow.start_run(run_name=run_name or name, nested=nested) as run:
+        mlflow.set_tags(tracking.standard_tags(tables.fingerprint, tables.source))
+        mlflow.log_params(result.params)
+        mlflow.log_metrics({tracking.metric_key(k): v for k, v in result.metrics.items()})
+        mlflow.log_dict({"metrics": result.metrics, "params": result.params}, "evaluation/report.json")
+        mlflow.log_text(_report_markdown(name, result.metrics, result.params), "evaluation/report.md")
+        seconds = dict(result.seconds)
+        version = None
+        if register:
+            model, prepared = result.model, result.prepared
+            if settings.training.refit_full:
+                with progress.step(f"{name}: refit on all data for serving"):
+                    t0 = time.perf_counter()
+                    model, prepared = refit_full(settings, tables, name, overrides)
+                    seconds["refit_full"] = time.perf_counter() - t0
+            with progress.step(f"{name}: log and register"):
+                data = tracking.data_tags(tables.fingerprint, tables.source)
+                info = {"model": name, "params": result.params, "metrics": result.metrics, **data}
+                _, version = tracking.log_model_version(
+                    model=model, item_table=prepared.item_table, info=info, registered_model=settings.registered_model_name(), tags=data
+                )
+        mlflow.log_metrics({f"seconds_{k}": v for k, v in seconds.items()})
+    return TrainSummary(name, run.info.run_id, version, result.metrics, seconds)
+
+
+def _report_markdown(name: str, metrics: dict[str, float], params: dict[str, Any]) -> str:
+    return "\n".join([
+        f"# Evaluation of {name}",
+        "",
+        markdown_table(["metric", "value"], [[k, f"{v:.4f}"] for k, v in sorted(metrics.items())], align="lr"),
+        "",
+        "## Parameters",
+        "",
+        markdown_table(["param", "value"], sorted(params.items())),
+    ]) + "\n"
+
+
+def run_training(settings: Settings, data_dir: Path, model: str, overrides: dict[str, Any] | None = None, *,
+                 register: bool = True, progress: Progress) -> TrainSummary:
+    """Entry point of ``storerec train``."""
+    tracking.configure(settings.mlflow)
+    with progress.step("load data and split"):
+        tables = Tables.load(data_dir)
+        split = make_split(tables, settings.training)
+    return train_one(settings, tables, split, model, overrides, register=register, progress=progress)
