@@ -22,7 +22,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help install lock run serve data features import-ml100k train tune evaluate promote models recommend-batch mlflow-ui \
         simulate-traffic ab-report replay export-events \
-        lint test test-fast bench bench-offline bench-ml100k bench-serve fuzz soak clean clean-data
+        lint test test-fast bench bench-offline bench-ml100k bench-serve behaviour fuzz soak clean clean-data
 
 help:  ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-16s %s\n", $$1, $$2}'
@@ -111,6 +111,9 @@ bench-serve: install  ## the HTTP service under load: /recommend (full pipeline)
 
 bench-ml100k: install  ## every model on MovieLens-100K against implicit/LightFM called directly
 	$(STOREREC) bench --suite ml100k $(ARGS)
+
+behaviour: install  ## recorded-request check around a refactoring: make behaviour MODE=record (old code), then MODE=compare (new code)
+	$(STOREREC) behaviour $(or $(MODE),compare) $(ARGS)
 
 fuzz: install  ## schemathesis against the live OpenAPI spec: 0 server errors, 0 schema violations (ARGS='--examples 200')
 	$(STOREREC) fuzz $(ARGS)

@@ -593,6 +593,28 @@ def fuzz(state: _State, url: str | None, examples: int, token: str | None, seed:
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("mode", type=click.Choice(["record", "compare"]))
+@click.option("--file", "file", type=FILE, default=Path("bench-out/behaviour.jsonl"), show_default=True,
+              help="The recorded responses (written by record, read by compare).")
+@click.option("--out", type=FOLDER, default=Path("bench-out/behaviour"), show_default=True,
+              help="Work folder: the store and six registered versions, made on the first run and reused after.")
+@click.pass_obj
+def behaviour(state: _State, mode: str, file: Path, out: Path) -> None:
+    """The recorded-request check: the same 2,298 requests (hot, warm, cold and anonymous
+    shoppers, context, every filter and diversity setting, similar items, trending, new arrivals,
+    bare scores) to the real service on six registered versions. `record` keeps every response;
+    `compare` (after a change) sends them again and exits 1 when any response differs."""
+    from storerec.tools.behaviour import run
+
+    log = (lambda m: None) if state.quiet else (lambda m: click.echo(f"[behaviour] {m}", err=True))
+    if mode == "compare" and not file.exists():
+        raise UserError(f"{file} does not exist: run `storerec behaviour record --file {file}` on the code to compare with first")
+    differ = run(out, mode, file, log)
+    if differ:
+        raise SystemExit(1)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--duration", type=click.FloatRange(30), default=600, show_default=True, help="Seconds of load.")
 @click.option("--concurrency", type=click.IntRange(1, 256), default=16, show_default=True, help="Shoppers at a time.")
 @click.option("--reload-every", type=click.FloatRange(5), default=30, show_default=True, help="Seconds between model reloads.")

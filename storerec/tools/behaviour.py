@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 import polars as pl
 
+from storerec.tools.serve_proc import start
+
 MODELS = ("als", "itemknn", "popularity", "lightfm", "bpr", "ease")
 _FAST_PARAMS = {"lightfm": ["--param", "epochs=10"]}  # keeps preparation around a minute
 
@@ -129,17 +131,17 @@ def responses(client: httpx.Client, versions: list[str], reqs: list[tuple[str, d
             yield {"version": version, "path": path, "body": body, "status": resp.status_code, "response": _clean(resp.json())}
 
 
-def run(out: Path, mode: str, file: Path, log: Callable[[str], None], start: Callable[..., Any], stop: Callable[..., Any]) -> int:
+def run(out: Path, mode: str, file: Path, log: Callable[[str], None]) -> int:
     """``record`` into ``file`` or ``compare`` with it; returns the number of differing responses."""
     cfg, versions = prepare(out, log)
     data_dir = out.resolve() / "data"
     reqs = requests_for(data_dir)
-    proc, client = start(cfg, out / "serve.log")
+    served = start(cfg, out / "serve.log")
     try:
-        got = list(responses(client, versions, reqs))
+        with served.client() as client:
+            got = list(responses(client, versions, reqs))
     finally:
-        client.close()
-        stop(proc)
+        served.stop()
     if mode == "record":
         file.parent.mkdir(parents=True, exist_ok=True)
         tmp = file.with_suffix(".tmp")
