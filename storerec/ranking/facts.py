@@ -57,6 +57,7 @@ class ItemFacts:
     trending_score: np.ndarray  # float32: users this week / weekly average of the 4 weeks before
     pop_7d: np.ndarray  # float32: distinct users in the last 7 days
     pop_30d: np.ndarray  # float32: distinct users in the last 30 days
+    users_total: np.ndarray  # float32: distinct users up to the features' date (best sellers)
     price_band: np.ndarray  # object: "" when unknown
     co_purchased: list[Any]  # item ids bought in the same orders (or None)
     trending_rank: np.ndarray  # float32: the trending list's order (storerec.core.formulas)
@@ -110,6 +111,7 @@ class ItemFacts:
             trending_score=trending_score,
             pop_7d=pop_7d,
             pop_30d=table_column(table, "pop_30d", 0).astype(np.float32),
+            users_total=users_total,
             price_band=price_band,
             co_purchased=table["co_purchased"].to_list() if "co_purchased" in table.columns else [None] * n,
             trending_rank=trending_rank_score(trending_score, users_total, is_new),

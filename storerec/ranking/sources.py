@@ -5,8 +5,12 @@ In order of preference (a fallback chain, as Gorse composes its recommenders):
 1. **model** - the model's scores for the user, min-max scaled over the allowed items;
 2. **context** - similarity to the request's context items (the product on the page, the cart,
    recently viewed items), blended with the model's scores by ``context_weight`` when both exist;
-3. **trending** (cold start) - the trending list of the user's region (else everyone's), then
-   30-day popularity for items that are not trending.
+3. cold start, for users the model cannot score and who have no context:
+   **trending** - the trending list of the user's region when the profile names one with recent
+   activity, then 30-day popularity for items that are not trending; else
+   **popular** - best sellers: distinct users over all history up to the features' date (the
+   popularity model's cold list; on the built-in store it finds 0.046 NDCG@10 for cold users
+   where the global trending list found none, see README).
 
 Then **new arrivals** and **trending items** join the candidate pool at the boundary score (the
 k-th candidate's), so that they can compete in the diversity step; how many of each depends on
@@ -34,6 +38,7 @@ class Source:
     MODEL_CONTEXT = "model+context"
     CONTEXT = "context"
     TRENDING = "trending"
+    POPULAR = "popular"
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,8 @@ class Injection:
     trending: int = 0
 
 
-# Context lists stay about the context; cold-start lists are trending already.
+# Context lists stay about the context; regional cold-start lists are trending already; best-seller
+# lists stay best sellers (each injected item cost cold users relevance on the built-in store).
 INJECTIONS = {Source.MODEL: Injection(new_arrivals=2, trending=2), Source.TRENDING: Injection(new_arrivals=2)}
 
 
@@ -70,7 +76,7 @@ class CandidateSources:
             rel = ctx if rel is None else (1 - w) * rel + w * ctx
             return np.where(valid, rel, -np.inf).astype(np.float32), Source.MODEL_CONTEXT if by_model else Source.CONTEXT
         if rel is None:
-            return self.cold_start(profile, valid), Source.TRENDING
+            return self.cold_start(profile, valid)
         return rel, Source.MODEL
 
     def model_scores(self, user_idx: int, valid: np.ndarray, blend: bool) -> np.ndarray:
@@ -89,12 +95,18 @@ class CandidateSources:
         peak[peak <= 0] = 1.0
         return np.clip(sim / peak, 0, 1).mean(axis=0)
 
-    def cold_start(self, profile: dict[str, Any] | None, valid: np.ndarray) -> np.ndarray:
-        """Users the model cannot score: the trending list of their region (else everyone's), then
-        30-day popularity for items that are not trending, scaled to [0, 1]."""
-        base = self.trending((profile or {}).get("region") or "")
-        scores = np.where(base > 0, base, POPULARITY_TIE_BREAK * self.items.pop_30d).astype(np.float32)
-        return kernels.minmax(scores, valid, -np.inf)
+    def cold_start(self, profile: dict[str, Any] | None, valid: np.ndarray) -> tuple[np.ndarray, str]:
+        """Users the model cannot score: the trending list of their region (then 30-day
+        popularity for items that are not trending) when their profile names a region with recent
+        activity; else best sellers (trending order breaks ties). Scaled to [0, 1]."""
+        region = (profile or {}).get("region") or ""
+        counts = self.users.region_trending.get(region)
+        if counts is not None:
+            base = counts * established(self.items.is_new)
+            scores = np.where(base > 0, base, POPULARITY_TIE_BREAK * self.items.pop_30d).astype(np.float32)
+            return kernels.minmax(scores, valid, -np.inf), Source.TRENDING
+        scores = (self.items.users_total + POPULARITY_TIE_BREAK * self.items.trending_rank).astype(np.float32)
+        return kernels.minmax(scores, valid, -np.inf), Source.POPULAR
 
     def trending(self, region: str | None) -> np.ndarray:
         """Trending scores: distinct users this week in ``region`` for established items, or the

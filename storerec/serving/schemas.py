@@ -108,7 +108,9 @@ class RecommendResponse(_Served):
     experiment: str | None = Field(None, description="The experiment this shopper is in, if any.")
     variant: str | None = Field(None, description="The shopper's variant in that experiment (sticky).")
     user_kind: Literal["hot", "warm", "cold", "any"] = Field(..., description="hot: history; warm: profile only; cold: unknown.")
-    source: str = Field(..., description="model, model+context, context or trending.")
+    source: str = Field(
+        ..., description="model, model+context, context, trending (cold start: the region's trending list) or popular (cold start: best sellers)."
+    )
     items: list[ItemOut]
 
 
