@@ -192,3 +192,22 @@ def test_real_movielens_100k(tmp_path: Path) -> None:
     assert users[C.SignupAt].null_count() == 0  # every MovieLens user has >= 20 ratings
     items = read_table(tmp_path / "data", "items")
     assert items.filter(pl.col(C.Title).str.contains("é")).height > 0  # latin-1 titles decoded
+
+
+def test_movielens_ratings_count_by_their_stars_by_default(tmp_path: Path) -> None:
+    """The default ``events.strength.rating`` (value, linear) makes the interaction matrix hold the stars."""
+    import numpy as np
+
+    from storerec.models.dataset import IdMap, InteractionConfig, interaction_matrix
+
+    _import(_write_ml(tmp_path / "ml"), tmp_path / "d")
+    events = read_table(tmp_path / "d", "events")
+    settings = Settings()
+    assert settings.events.strength["rating"].source == "value"
+    users, items = IdMap.from_values(["1", "3", "6"]), IdMap.from_values(["1", "2", "3"])
+    cfg = InteractionConfig(weights=settings.events.weights, strength=settings.events.strength)
+    m = interaction_matrix(events, users, items, cfg).toarray()
+    np.testing.assert_allclose(m, [[5.0, 3.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 5.0]])
+    liked = {"rating": {"source": "value", "transform": "rating", "threshold": 4}}  # only 4-5 stars count, 1 each
+    m = interaction_matrix(events, users, items, InteractionConfig(weights=settings.events.weights, strength=liked)).toarray()
+    np.testing.assert_allclose(m, [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]])

@@ -242,8 +242,12 @@ def test_events_are_stored_once_within_the_configured_window(svc, data) -> None:
 
 def test_cold_start_paths(svc, data) -> None:
     body = post(svc, "/recommend", {"user_id": "never-seen-before", "k": 8}).json()
-    assert body["user_kind"] == "cold" and body["source"] == "trending" and len(body["items"]) == 8
+    assert body["user_kind"] == "cold" and body["source"] == "popular" and len(body["items"]) == 8
     assert all(i["reasons"] for i in body["items"])
+    # best sellers: the first is the in-stock item with the most buyers so far, the rest from the top of that list
+    sellers = data["items"].filter(pl.col("in_stock")).sort(["users_total", "item_id"], descending=[True, False])["item_id"].to_list()
+    assert body["items"][0]["item_id"] == sellers[0]
+    assert {i["item_id"] for i in body["items"]} <= set(sellers[:100])
     anchor = data["items"].sort("pop_30d", descending=True)["item_id"][0]
     body = post(svc, "/recommend", {"user_id": "never-seen-before", "k": 5, "context": {"page": "product", "item_ids": [anchor]}}).json()
     assert body["source"] == "context" and anchor not in {i["item_id"] for i in body["items"]}

@@ -118,3 +118,25 @@ def test_registered_model_name_follows_the_data_folder(tmp_path: Path, monkeypat
     # an explicit name wins, for every folder
     s = load_settings(environ={"STOREREC__MLFLOW__REGISTERED_MODEL": "storerec", "STOREREC__DATA__DIR": "elsewhere"})
     assert s.registered_model_name() == "storerec"
+
+
+def test_event_strength_settings_merge_over_defaults_and_name_the_key(tmp_path: Path) -> None:
+    s = load_settings(None, environ={})
+    assert s.events.strength["rating"].transform == "linear" and s.events.strength["rating"].source == "value"
+    assert "purchase" not in s.events.strength  # weight only: the built-in store's purchases count as before
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[events.strength]\npurchase = { source = "quantity", transform = "log1p" }\n')
+    s = load_settings(cfg, environ={})
+    assert s.events.strength["purchase"].transform == "log1p" and s.events.strength["rating"].transform == "linear"
+    cfg.write_text('[events.strength]\nrating = { source = "value", transform = "rating" }\n')
+    with pytest.raises(SettingsError, match=r"events\.strength\.rating: transform 'rating' needs a threshold"):
+        load_settings(cfg, environ={})
+    cfg.write_text('[events.strength]\npurchase = { transform = "sqrt" }\n')
+    with pytest.raises(SettingsError, match=r"events\.strength\.purchase\.transform"):
+        load_settings(cfg, environ={})
+    cfg.write_text('[events.strength]\nshare = { transform = "linear" }\n')
+    with pytest.raises(SettingsError, match=r"events\.strength names event types not in events\.types: \['share'\]"):
+        load_settings(cfg, environ={})
+    # a store without ratings keeps no rating default (and no error)
+    cfg.write_text('[events]\ntypes = ["view", "purchase"]\nweights = { view = 1.0, purchase = 5.0 }\n')
+    assert load_settings(cfg, environ={}).events.strength == {}

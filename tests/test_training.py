@@ -65,7 +65,9 @@ def test_train_logs_a_run_and_registers_a_self_contained_version(env, capsys, tm
     r = c.get_run(version.run_id)
     assert r.data.params["model"] == "als" and r.data.params["factors"] == "16"
     assert float(r.data.params["interactions.recency_half_life"]) == 30
-    assert r.data.params["split"] == "temporal"
+    # a 400-user store: the 14-day window is thin, so the auto split is per user, and says why
+    assert r.data.params["split"] == "last_fraction", r.data.params
+    assert r.data.params["split.reason"].startswith("auto: the last 14 days hold"), r.data.params
     assert {"data_fingerprint", "git_commit", "storerec_version"} <= set(r.data.tags)
     for m in ("ndcg_at_10", "precision_at_10", "recall_at_10", "map_at_10", "mrr_at_10", "hitrate_at_10",
               "coverage_at_10", "diversity_at_10", "novelty_at_10", "avg_popularity_at_10"):
@@ -207,4 +209,13 @@ def test_run_chain_promotes_the_best(env, capsys) -> None:
     champ = c.get_model_version_by_alias(NAME, "champion")
     chall = c.get_model_version_by_alias(NAME, "challenger")
     score = lambda v: c.get_run(v.run_id).data.metrics["ndcg_at_10"]
-    assert score(champ) >= score(chall)
+    model = lambda v: c.get_run(v.run_id).data.params["model"]
+    line = next(ln for ln in out.splitlines() if ln.startswith("champion:"))
+    if "beyond chance" in line:  # the best by NDCG, separated from the rest
+        assert score(champ) >= score(chall), line
+    elif "previous champion's model" in line:  # tied with the model that was champion (earlier tests promoted one)
+        assert "cannot separate" in line and f"previous champion's model ({model(champ)})" in line, line
+    else:  # tied, no champion among them: the prior's first among the tied
+        assert "cannot separate" in line and "training.model_prior" in line, line
+        prior = ["ease", "als", "lightfm", "itemknn", "bpr", "popularity"]
+        assert prior.index(model(champ)) < prior.index(model(chall)), line

@@ -27,7 +27,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import Field, field_validator, model_validator
 
 from storerec.core.config import ConfigError, ConfigModel, read_toml, validate_config
-from storerec.core.formulas import DEFAULT_EVENT_WEIGHTS
+from storerec.core.formulas import DEFAULT_EVENT_STRENGTH, DEFAULT_EVENT_WEIGHTS
 from storerec.core.schema import BEHAVIOUR_EVENT_TYPES, EventTypes
 
 ENV_PREFIX = "STOREREC__"
@@ -45,6 +45,34 @@ class DataSettings(ConfigModel):
     dir: Path = Field(Path("data"), strict=False, description="Folder for imported/simulated tables and profiles.")
 
 
+class EventStrength(ConfigModel):
+    """How one event type's ``quantity`` or ``value`` scales its weight in interaction matrices
+    (``[events.strength]``; formula: :func:`storerec.core.formulas.event_strength`)."""
+
+    source: Literal["quantity", "value"] = Field("quantity", description="Column the strength comes from.")
+    transform: Literal["none", "linear", "log1p", "rating"] = Field(
+        "none",
+        description="none: the type's weight only; linear: weight x source; log1p: weight x log1p(source); "
+        "rating: weight if source >= threshold (x (source - threshold + 1) when scaled), nothing below. "
+        "A missing source counts 1.",
+    )
+    threshold: float | None = Field(None, description="Lowest rating that counts (transform 'rating' only, required there).")
+    scaled: bool = Field(False, description="rating: ratings above the threshold count more (source - threshold + 1).")
+
+    @model_validator(mode="after")
+    def _threshold(self) -> EventStrength:
+        if self.transform == "rating" and self.threshold is None:
+            raise ValueError("transform 'rating' needs a threshold (the lowest rating that counts, e.g. threshold = 4)")
+        if self.transform != "rating" and (self.threshold is not None or self.scaled):
+            raise ValueError(f"threshold and scaled apply to transform 'rating' only, not {self.transform!r}")
+        return self
+
+
+def default_event_strength() -> dict[str, EventStrength]:
+    """``events.strength`` by default (:data:`storerec.core.formulas.DEFAULT_EVENT_STRENGTH`)."""
+    return {k: EventStrength(**v) for k, v in DEFAULT_EVENT_STRENGTH.items()}
+
+
 class EventSettings(ConfigModel):
     types: list[str] = Field(
         default_factory=lambda: list(BEHAVIOUR_EVENT_TYPES),
@@ -54,15 +82,35 @@ class EventSettings(ConfigModel):
         default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS),
         description="Strength of each event type in affinities and interaction matrices.",
     )
+    strength: dict[str, EventStrength] = Field(
+        default_factory=default_event_strength,
+        description="Per event type, how quantity or value scales its weight in interaction matrices, e.g. "
+        "purchase = {source = \"quantity\", transform = \"log1p\"}; types not named use their weight only.",
+    )
     max_future_seconds: float = Field(
         300.0, ge=0, description="Timestamps later than now + this are rejected as 'in the future'."
     )
+
+    @field_validator("strength", mode="before")
+    @classmethod
+    def _over_defaults(cls, value: Any) -> Any:
+        """Types named replace their default; the others keep it (``rating = {transform = "none"}``
+        turns the rating default off)."""
+        if isinstance(value, dict):
+            return {**{k: dict(v) for k, v in DEFAULT_EVENT_STRENGTH.items()}, **value}
+        return value
 
     @model_validator(mode="after")
     def _weights_known(self) -> EventSettings:
         unknown = sorted(set(self.weights) - set(self.types))
         if unknown:
             raise ValueError(f"events.weights names event types not in events.types: {unknown}")
+        for k in [k for k in self.strength if k not in self.types and k in DEFAULT_EVENT_STRENGTH]:
+            if self.strength[k] == EventStrength(**DEFAULT_EVENT_STRENGTH[k]):
+                del self.strength[k]  # a built-in default for a type this store does not accept
+        unknown = sorted(set(self.strength) - set(self.types))
+        if unknown:
+            raise ValueError(f"events.strength names event types not in events.types: {unknown}")
         return self
 
 
@@ -140,11 +188,18 @@ class MlflowSettings(ConfigModel):
 
 
 class TrainingSettings(ConfigModel):
-    split: Literal["temporal", "last_fraction"] = Field(
-        "temporal", description="temporal: the last test_days form the validation window; last_fraction: per user."
+    split: Literal["auto", "temporal", "last_fraction"] = Field(
+        "auto",
+        description="temporal: the last test_days form the validation window; last_fraction: per user, the latest "
+        "test_fraction of each user's events; auto: temporal when its window holds at least min_test_users users "
+        "and min_test_user_share of the users, else last_fraction (a window of a handful of users picks champions on noise).",
     )
     test_days: int = Field(14, ge=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
+    min_test_users: int = Field(100, ge=1, description="auto split: the fewest validation users a temporal window may hold.")
+    min_test_user_share: float = Field(
+        0.05, ge=0, le=1, description="auto split: the smallest share of all users with events a temporal window must hold."
+    )
     relevant_event_types: list[str] = Field(
         default_factory=lambda: [EventTypes.Favorite, EventTypes.Cart, EventTypes.Purchase, EventTypes.Rating],
         description="Validation events that count as relevant (views are too noisy to be a target).",
@@ -152,6 +207,12 @@ class TrainingSettings(ConfigModel):
     k: int = Field(10, ge=1, description="Cut-off for offline metrics.")
     refit_full: bool = Field(
         True, description="After evaluating on the split, refit on all data for the registered version."
+    )
+    model_prior: list[str] = Field(
+        default_factory=lambda: ["ease", "als", "lightfm", "itemknn", "bpr", "popularity"],
+        description="Model names, strongest first: when the validation data cannot separate the best candidates "
+        "(95% CI of the per-user NDCG difference includes 0), `storerec run` keeps the previous champion's model if it "
+        "is among them, else crowns the first of them in this order.",
     )
     run_models: list[str] = Field(
         default_factory=lambda: ["popularity", "als", "lightfm", "ease"],

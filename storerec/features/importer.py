@@ -979,7 +979,9 @@ def import_movielens(
 ) -> ImportSummary:
     """Import a MovieLens-100K folder (``u.data``, ``u.item``, ``u.user``, ``u.genre``).
 
-    Ratings become ``rating`` events (value = stars, quantity 1); movies become items in
+    Ratings become ``rating`` events (value = stars, quantity 1), which count by their stars in
+    interaction matrices through the default ``events.strength.rating`` (value, linear; set
+    ``transform = "rating"`` with a threshold to keep only liked movies); movies become items in
     category ``Movies > <first genre>`` tagged with all their genres, created at the release
     date; users get an age band, ``US-<first zip digit>`` region and, since MovieLens has no
     sign-up time, ``signup_at`` = their first rating. Rows go through the same validation as

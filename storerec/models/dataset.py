@@ -15,10 +15,11 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from storerec.core.formulas import DEFAULT_EVENT_WEIGHTS
+from storerec.core.formulas import DEFAULT_EVENT_STRENGTH, DEFAULT_EVENT_WEIGHTS, event_strength
 from storerec.core.schema import CATEGORY_SEP, Columns
+from storerec.core.settings import EventStrength, default_event_strength
 
 C = Columns
 
@@ -86,8 +87,60 @@ class InteractionConfig(BaseModel):
         description="Per-user recency: an event k events before the user's latest one weighs 0.5^(k/h). "
         "Captures the user's current interest (strong on sequential data).",
     )
+    strength: dict[str, EventStrength] = Field(
+        default_factory=default_event_strength,
+        description="Per event type, how quantity/value scales its weight (settings events.strength); types named "
+        "replace their default, the others use their weight only.",
+    )
+    normalize: Literal["none", "types", "user"] = Field(
+        "none",
+        description="types: weights divided by the largest weight among the event types present, so the strongest "
+        "type counts 1 whatever its label; user: each user's row divided by its largest entry.",
+    )
     confidence: Literal["linear", "log"] = Field("linear", description="linear: w; log: log1p(w) (dampens heavy users).")
-    binary: bool = Field(False, description="Every user-item pair with any event counts 1 (overrides weights).")
+    weighting: Literal["none", "bm25", "tfidf"] = Field(
+        "none",
+        description="Applied last, on the items x users matrix as implicit's bm25_weight / tfidf_weight: user idf "
+        "(users with many items count less) and, for bm25, saturation and item length normalisation.",
+    )
+    bm25_k1: float = Field(100.0, gt=0, description="weighting = bm25: saturation (small: every entry near 1; large: ~linear).")
+    bm25_b: float = Field(0.8, ge=0, le=1, description="weighting = bm25: item length normalisation (0 none, 1 full).")
+    binary: bool = Field(False, description="Every user-item pair with any event counts 1 (overrides weights and strength).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest(cls, data: Any) -> Any:
+        """Dotted keys (``strength.purchase.transform``, as ``--param interactions.strength.purchase.transform=log1p``
+        and logged parameters spell them) set one entry of ``strength`` / ``weights``; ``strength`` is
+        merged over the defaults (:data:`DEFAULT_EVENT_STRENGTH`)."""
+        if not isinstance(data, dict):
+            return data
+        out = {k: v for k, v in data.items() if "." not in k}
+        if "strength" in out or any(k.startswith("strength.") for k in data):
+            given = out.get("strength") or {}
+            if not isinstance(given, dict):
+                return data  # let validation name the field
+            base = {k: dict(v) for k, v in DEFAULT_EVENT_STRENGTH.items()}
+            out["strength"] = {**base, **{k: v.model_dump() if isinstance(v, EventStrength) else v for k, v in given.items()}}
+        for key, value in data.items():
+            if "." not in key:
+                continue
+            head, *rest = key.split(".")
+            if head not in ("strength", "weights") or len(rest) > (2 if head == "strength" else 1):
+                raise ValueError(f"unknown interactions key {key!r}")
+            if head == "weights":
+                out["weights"] = {**dict(out.get("weights", DEFAULT_EVENT_WEIGHTS)), rest[0]: value}
+            elif len(rest) == 1:
+                out["strength"][rest[0]] = value
+            else:
+                entry = out["strength"].setdefault(rest[0], {})
+                if not isinstance(entry, dict):
+                    return data
+                entry = {**entry, rest[1]: value}
+                if rest[1] == "transform" and value != "rating":  # threshold and scaled belong to 'rating'
+                    entry = {k: v for k, v in entry.items() if k not in ("threshold", "scaled")}
+                out["strength"][rest[0]] = entry
+        return out
 
 
 @dataclass(frozen=True)
@@ -131,10 +184,18 @@ def interaction_matrix(
     Events of users or items outside the id maps, and of types without a weight, are left out
     (the caller decides the id maps, e.g. the training window's users and the catalogue).
     """
-    df = events.select(C.User, C.Item, C.EventType, C.Timestamp)
+    df = events.select(
+        C.User, C.Item, C.EventType, C.Timestamp,
+        *(pl.col(c).cast(pl.Float64) if c in events.columns else pl.lit(None, dtype=pl.Float64).alias(c) for c in (C.Quantity, C.Value)),
+    )
     weights = {k: v for k, v in config.weights.items() if v > 0}
     df = df.filter(pl.col(C.EventType).is_in(list(weights)))
+    if config.normalize == "types" and df.height:
+        top = max(weights[t] for t in df[C.EventType].unique().to_list())
+        weights = {k: v / top for k, v in weights.items()}
     w = pl.lit(1.0) if config.binary else pl.col(C.EventType).replace_strict(weights, return_dtype=pl.Float64)
+    if not config.binary:
+        df, w = _with_strength(df, w, config.strength)
     if config.half_life_days and not config.binary:
         ref = as_of or df[C.Timestamp].max()
         age_days = (pl.lit(ref) - pl.col(C.Timestamp)).dt.total_seconds() / 86_400.0
@@ -155,11 +216,51 @@ def interaction_matrix(
         .agg(pl.col("_w").max() if config.binary else pl.col("_w").sum())
     )
     vals = agg["_w"].to_numpy().astype(np.float32)
-    if config.confidence == "log" and not config.binary:
-        vals = np.log1p(vals).astype(np.float32)
     mat = sp.csr_matrix((vals, (agg["_u"].to_numpy(), agg["_i"].to_numpy())), shape=(len(users), len(items)), dtype=np.float32)
+    mat.eliminate_zeros()  # pairs whose events all count 0 (ratings below the threshold)
+    if config.normalize == "user":
+        top_per_user = mat.max(axis=1).toarray().ravel()
+        top_per_user[top_per_user <= 0] = 1.0
+        mat = sp.csr_matrix(sp.diags((1.0 / top_per_user).astype(np.float32)) @ mat, dtype=np.float32)
+    if config.confidence == "log" and not config.binary:
+        mat.data = np.log1p(mat.data).astype(np.float32)
+    if config.weighting != "none":
+        mat = weighted(mat, config.weighting, config.bm25_k1, config.bm25_b)
     mat.sort_indices()
     return mat
+
+
+def _with_strength(df: pl.DataFrame, w: pl.Expr, strength: dict[str, EventStrength]) -> tuple[pl.DataFrame, pl.Expr]:
+    """``w`` times each event's strength (:func:`event_strength`) for the types ``strength`` transforms."""
+    active = {t: s for t, s in strength.items() if s.transform != "none"}
+    if not active or df.height == 0:
+        return df, w
+    types = df[C.EventType].to_numpy()
+    factor = np.ones(df.height, dtype=np.float64)
+    for t, spec in active.items():
+        rows = types == t
+        if rows.any():
+            x = df[spec.source].fill_null(np.nan).to_numpy()[rows]
+            factor[rows] = event_strength(x, spec.transform, spec.threshold, spec.scaled)
+    return df.with_columns(pl.Series("_strength", factor)), w * pl.col("_strength")
+
+
+def weighted(mat: sp.csr_matrix, weighting: str, k1: float = 100.0, b: float = 0.8) -> sp.csr_matrix:
+    """``mat`` (users x items) weighted as implicit's ``bm25_weight(mat.T, k1, b).T`` /
+    ``tfidf_weight(mat.T).T``: items are the documents, users the terms (idf: a user with many items
+    counts less; bm25 saturates large entries and normalises by the item's total). float32 CSR."""
+    from implicit.nearest_neighbours import bm25_weight, tfidf_weight
+
+    item_user = mat.T.tocsr()
+    if weighting == "bm25":
+        out = bm25_weight(item_user, K1=k1, B=b)
+    elif weighting == "tfidf":
+        out = tfidf_weight(item_user)
+    else:
+        raise ValueError(f"unknown weighting {weighting!r}; expected none, bm25 or tfidf")
+    res = sp.csr_matrix(out.T, dtype=np.float32)
+    res.sort_indices()
+    return res
 
 
 def _one_hot(ids: IdMap, rows: pl.DataFrame, key: str, columns: dict[str, str], identity: bool) -> Features:

@@ -18,12 +18,14 @@ import polars as pl
 from storerec.core.errors import UserError
 from storerec.core.schema import Columns
 from storerec.core.settings import Settings, TrainingSettings
-from storerec.evaluation.metrics import calc_metrics
+from storerec.evaluation.metrics import BATCH_USERS as METRIC_BATCH_USERS
+from storerec.evaluation.metrics import MetricsAccumulator, user_batches
+from storerec.evaluation.scoring import BYTES_PER_SCORE, recommend_batch
 from storerec.evaluation.splitters import last_fraction_split, temporal_split
 from storerec.features import io
 from storerec.features.profiles import item_features as item_feature_table
 from storerec.features.profiles import user_profiles
-from storerec.models.base import ModelBase
+from storerec.models.base import BATCH_USERS, ModelBase
 from storerec.models.dataset import Dataset, IdMap, InteractionConfig, interaction_matrix
 from storerec.models.dataset import item_features as item_feature_matrix
 from storerec.models.dataset import user_features as user_feature_matrix
@@ -74,35 +76,67 @@ def last_event_time(events: pl.DataFrame) -> datetime:
 
 
 def make_split(tables: Tables, cfg: TrainingSettings) -> Split:
-    """Split events as configured; test keeps relevant event types on items new to the user."""
+    """Split events as configured; test keeps relevant event types on items new to the user.
+
+    ``auto`` takes the temporal window when it holds enough validation users (``min_test_users``
+    and ``min_test_user_share`` of the users), else the per-user split; the reason is recorded in
+    the split's parameters (``split.reason``) and shown in reports."""
     events = tables.events
     if events.is_empty():
         raise UserError("the events table is empty: nothing to train on")
-    if cfg.split == "temporal":
-        cut = last_event_time(events) - timedelta(days=cfg.test_days)
-        train, test = temporal_split(events, cut)
-        params = {"split": "temporal", "split.test_days": cfg.test_days, "split.cut": cut.isoformat()}
-        as_of = cut
-    else:
-        train, test = last_fraction_split(events, cfg.test_fraction)
-        as_of = last_event_time(train) + timedelta(microseconds=1)
-        params = {"split": "last_fraction", "split.test_fraction": cfg.test_fraction}
-    if train.is_empty() or test.is_empty():
-        raise UserError(f"the {params['split']} split left an empty train or test set; adjust training.test_days / test_fraction")
+    if cfg.split in ("auto", "temporal"):
+        split = _temporal(tables, cfg)
+        if cfg.split == "temporal":
+            return _checked(split, cfg, tables.fingerprint)
+        n_users = events[C.User].n_unique()
+        n_test = split.test[C.User].n_unique() if not split.test.is_empty() else 0
+        need = max(cfg.min_test_users, int(np.ceil(cfg.min_test_user_share * n_users)))
+        if n_test >= need:
+            split.params["split.reason"] = f"auto: the last {cfg.test_days} days hold {n_test:,} validation users (>= {need:,})"
+            return _checked(split, cfg, tables.fingerprint)
+        reason = (f"auto: the last {cfg.test_days} days hold {n_test:,} validation users of {n_users:,} (fewer than {need:,}); "
+                  f"per-user split instead")
+        split = _per_user(tables, cfg)
+        split.params["split.reason"] = reason
+        return _checked(split, cfg, tables.fingerprint)
+    return _checked(_per_user(tables, cfg), cfg, tables.fingerprint)
+
+
+def _temporal(tables: Tables, cfg: TrainingSettings) -> Split:
+    cut = last_event_time(tables.events) - timedelta(days=cfg.test_days)
+    train, test = temporal_split(tables.events, cut)
+    params = {"split": "temporal", "split.test_days": cfg.test_days, "split.cut": cut.isoformat()}
+    return Split(train, _relevant(train, test, cfg), cut, params)
+
+
+def _per_user(tables: Tables, cfg: TrainingSettings) -> Split:
+    train, test = last_fraction_split(tables.events, cfg.test_fraction)
+    as_of = last_event_time(train) + timedelta(microseconds=1) if not train.is_empty() else last_event_time(tables.events)
+    params = {"split": "last_fraction", "split.test_fraction": cfg.test_fraction}
+    return Split(train, _relevant(train, test, cfg), as_of, params)
+
+
+def _relevant(train: pl.DataFrame, test: pl.DataFrame, cfg: TrainingSettings) -> pl.DataFrame:
+    """Validation pairs: relevant event types on items new to the user."""
     seen = train.select(C.User, C.Item).unique()
-    relevant = (
+    return (
         test.filter(pl.col(C.EventType).is_in(cfg.relevant_event_types))
         .select(C.User, C.Item)
         .unique(maintain_order=True)
         .join(seen, on=[C.User, C.Item], how="anti")
     )
-    if relevant.is_empty():
+
+
+def _checked(split: Split, cfg: TrainingSettings, fingerprint: str) -> Split:
+    if split.train.is_empty():
+        raise UserError(f"the {split.params['split']} split left no training events; adjust training.test_days / test_fraction")
+    if split.test.is_empty():
         raise UserError(
-            f"no relevant validation events (types {cfg.relevant_event_types} on items new to the user); "
-            "adjust training.relevant_event_types"
+            f"the {split.params['split']} split left no relevant validation events (types {cfg.relevant_event_types} on items "
+            "new to the user); adjust training.test_days / test_fraction / relevant_event_types"
         )
-    params.update({"split.relevant": ",".join(cfg.relevant_event_types), "split.data_fingerprint": tables.fingerprint})
-    return Split(train, relevant, as_of, params)
+    split.params.update({"split.relevant": ",".join(cfg.relevant_event_types), "split.data_fingerprint": fingerprint})
+    return split
 
 
 @dataclass
@@ -155,6 +189,8 @@ def model_spec(settings: Settings, name: str, overrides: dict[str, Any] | None =
     params = dict(settings.training.models.get(name, {}))
     inter = dict(params.pop("interactions", {}) or {})
     inter.setdefault("weights", settings.events.weights)
+    # settings-level strength per event type, a model's own entries over it type by type
+    inter["strength"] = {**settings.events.strength, **(inter.get("strength") or {})}
     for key, value in (overrides or {}).items():
         if key.startswith("interactions."):
             inter[key.split(".", 1)[1]] = value
@@ -184,45 +220,77 @@ class TrainResult:
     metrics: dict[str, float]
     params: dict[str, Any]
     seconds: dict[str, float] = field(default_factory=dict)
+    per_user: pl.DataFrame | None = None  # user_id, ndcg: each validation user's NDCG@k (for paired comparisons)
 
 
-def evaluate(model: ModelBase, split: Split, prepared: Prepared, k: int) -> dict[str, float]:
-    """Metrics of ``model`` on the split's validation interactions, with segment breakdown.
-
-    Users without a train profile count as segment ``cold``; ``cold_items_*`` report how the
-    model handles items without train interactions.
-    """
-    test_users = split.test[C.User].unique(maintain_order=True).to_list()
-    return metrics_of(model.recommend(test_users, k=k), model, split, prepared, k)
+SCORING_BYTES = 256 << 20  # memory for the dense scores of one batch of users during evaluation
 
 
-def metrics_of(reco: pl.DataFrame, model: ModelBase, split: Split, prepared: Prepared, k: int) -> dict[str, float]:
-    """Every metric of ``reco`` (``user_id, item_id, rank``) on the split, as in :func:`evaluate`."""
+def scoring_users(n_items: int, budget: int = SCORING_BYTES) -> int:
+    """Users scored at once so that the dense ``(users, n_items)`` work of
+    :func:`storerec.evaluation.scoring.recommend_batch` stays within ``budget`` bytes (at most
+    the model's own batch, at least one user)."""
+    return int(max(1, min(BATCH_USERS, budget // (BYTES_PER_SCORE * max(1, n_items)))))
+
+
+def recommend_in_chunks(model: ModelBase, users: list[str], k: int, chunk: int) -> pl.DataFrame:
+    """``model.recommend(users, k)`` (the same rows), ``chunk`` users scored at a time."""
+    frames = [recommend_batch(model, users[i : i + chunk], k) for i in range(0, len(users), chunk)]
+    return pl.concat(frames) if frames else model.recommend([], k=k)
+
+
+def metric_accumulator(model: ModelBase, split: Split, prepared: Prepared, k: int) -> MetricsAccumulator:
+    """A :class:`MetricsAccumulator` for the split: segment breakdown (users without a train
+    profile count as segment ``cold``) and ``cold_item_*`` for items without train interactions."""
     test_users = split.test[C.User].unique(maintain_order=True).to_list()
     groups = prepared.profiles.select(C.User, pl.col("segment").cast(pl.String))
     groups = pl.concat(
         [groups, pl.DataFrame({C.User: [u for u in test_users if u not in model.users], "segment": "cold"})],  # type: ignore[operator]
         how="vertical_relaxed",
     )
-    metrics = calc_metrics(
-        reco,
-        split.test,
+    no_history = np.diff(prepared.dataset.interactions.tocsc().indptr) == 0
+    return MetricsAccumulator(
         split.train,
         k=k,
         n_catalogue=prepared.dataset.n_items,
         item_categories=prepared.item_table.select(C.Item, C.Category),
         user_groups=groups,
         group_column="segment",
+        cold_items=prepared.dataset.items.to_external(np.flatnonzero(no_history)).tolist(),
     )
-    no_history = np.diff(prepared.dataset.interactions.tocsc().indptr) == 0
-    cold_items = set(prepared.dataset.items.to_external(np.flatnonzero(no_history)).tolist())
-    top = reco.filter(pl.col("rank") <= k)
-    metrics[f"cold_item_share@{k}"] = float(top.select(pl.col(C.Item).is_in(list(cold_items)).mean()).item() or 0.0) if top.height else 0.0
-    cold_test = split.test.filter(pl.col(C.Item).is_in(list(cold_items)))
-    if cold_test.height:
-        hits = top.join(cold_test, on=[C.User, C.Item], how="inner").height
-        metrics[f"cold_item_recall@{k}"] = hits / cold_test.height
-    return metrics
+
+
+def evaluate(
+    model: ModelBase, split: Split, prepared: Prepared, k: int, *, batch_users: int = METRIC_BATCH_USERS, scoring_bytes: int = SCORING_BYTES
+) -> dict[str, float]:
+    """Metrics of ``model`` on the split's validation interactions, with segment breakdown.
+
+    Users without a train profile count as segment ``cold``; ``cold_items_*`` report how the
+    model handles items without train interactions. Test users are evaluated ``batch_users`` at
+    a time, and scored in ``recommend`` calls sized to ``scoring_bytes``: memory is bounded
+    whatever the number of users and items (the numbers equal :func:`metrics_of` on one frame
+    of every test user's list).
+    """
+    return evaluate_per_user(model, split, prepared, k, batch_users=batch_users, scoring_bytes=scoring_bytes)[0]
+
+
+def evaluate_per_user(
+    model: ModelBase, split: Split, prepared: Prepared, k: int, *, batch_users: int = METRIC_BATCH_USERS, scoring_bytes: int = SCORING_BYTES
+) -> tuple[dict[str, float], pl.DataFrame]:
+    """:func:`evaluate`, and each validation user's NDCG@k (``user_id, ndcg``, sorted by user)."""
+    assert model.items is not None
+    chunk = scoring_users(len(model.items), scoring_bytes)
+    acc = metric_accumulator(model, split, prepared, k)
+    for users, test_part in user_batches(split.test, batch_users):
+        acc.add(recommend_in_chunks(model, users, k, chunk), test_part)
+    return acc.result(), acc.per_user("ndcg")
+
+
+def metrics_of(reco: pl.DataFrame, model: ModelBase, split: Split, prepared: Prepared, k: int) -> dict[str, float]:
+    """Every metric of ``reco`` (``user_id, item_id, rank``) on the split, as in :func:`evaluate`."""
+    acc = metric_accumulator(model, split, prepared, k)
+    acc.add(reco, split.test)
+    return acc.result()
 
 
 SERVED_VARIANTS = {  # name suffix -> (diversity strength or None for the configured default, category cap)
@@ -238,25 +306,28 @@ def evaluate_served(
     """Metrics of the lists the service would return: the same :class:`storerec.ranking.ranker.Ranker`
     (default business filters, trending/new-arrival candidates, MMR diversity) built on the
     split's train events, profiles and item features as of the cut. One row per
-    :data:`SERVED_VARIANTS` entry, so the report shows what diversity costs and gains."""
+    :data:`SERVED_VARIANTS` entry, so the report shows what diversity costs and gains.
+    Test users go through in batches, as in :func:`evaluate`."""
     from storerec.ranking.ranker import Context, Diversity, Filters, Ranker
 
     k = settings.training.k
     ranker = Ranker(model, prepared.item_table, prepared.profiles, split.train, context_weight=settings.serving.context_weight)
-    users = split.test[C.User].unique(maintain_order=True).to_list()
-    out = {}
+    variants = {}
     for name, (strength, cap) in SERVED_VARIANTS.items():
         diversity = Diversity(settings.serving.diversity_strength if strength is None else strength, cap)
         label = name.replace("diversity", f"diversity {diversity.strength:g}", 1) if strength is None else name
-        rows_u, rows_i, rows_r = [], [], []
-        for user in users:
-            for item in ranker.rank(user, k, Context(), Filters(), diversity).items:
-                rows_u.append(user)
-                rows_i.append(item.item_id)
-                rows_r.append(item.rank)
-        reco = pl.DataFrame({C.User: rows_u, C.Item: rows_i, "rank": rows_r}, schema={C.User: pl.String, C.Item: pl.String, "rank": pl.Int64})
-        out[label] = metrics_of(reco, model, split, prepared, k)
-    return out
+        variants[label] = (diversity, metric_accumulator(model, split, prepared, k))
+    schema = {C.User: pl.String, C.Item: pl.String, "rank": pl.Int64}
+    for users, test_part in user_batches(split.test, METRIC_BATCH_USERS):
+        for diversity, acc in variants.values():
+            rows_u, rows_i, rows_r = [], [], []
+            for user in users:
+                for item in ranker.rank(user, k, Context(), Filters(), diversity).items:
+                    rows_u.append(user)
+                    rows_i.append(item.item_id)
+                    rows_r.append(item.rank)
+            acc.add(pl.DataFrame({C.User: rows_u, C.Item: rows_i, "rank": rows_r}, schema=schema), test_part)
+    return {label: acc.result() for label, (_, acc) in variants.items()}
 
 
 def train_and_evaluate(
@@ -278,10 +349,10 @@ def train_and_evaluate(
     model.fit(prepared.dataset)
     seconds["fit"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    metrics = evaluate(model, split, prepared, settings.training.k)
+    metrics, per_user = evaluate_per_user(model, split, prepared, settings.training.k)
     seconds["evaluate"] = time.perf_counter() - t0
     all_params = {**model.get_params(), **{f"interactions.{k}": v for k, v in _flat(inter.model_dump()).items()}, **split.params}
-    return TrainResult(model, prepared, metrics, all_params, seconds)
+    return TrainResult(model, prepared, metrics, all_params, seconds, per_user)
 
 
 def refit_full(settings: Settings, tables: Tables, name: str, overrides: dict[str, Any] | None = None) -> tuple[ModelBase, Prepared]:

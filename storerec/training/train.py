@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import polars as pl
 
 from storerec.core.progress import Progress
 from storerec.core.settings import Settings
@@ -24,6 +25,7 @@ class TrainSummary:
     version: str | None
     metrics: dict[str, float]
     seconds: dict[str, float]
+    per_user: pl.DataFrame | None = None  # user_id, ndcg on the split (not logged; for the champion choice)
 
     def render(self, k: int = 10) -> str:
         keys = [f"ndcg@{k}", f"precision@{k}", f"recall@{k}", f"map@{k}", f"coverage@{k}", f"diversity@{k}"]
@@ -88,7 +90,7 @@ def train_one(
                     model=model, item_table=prepared.item_table, info=info, registered_model=settings.registered_model_name(), tags=data
                 )
         mlflow.log_metrics({f"seconds_{k}": v for k, v in seconds.items()})
-    return TrainSummary(name, run.info.run_id, version, result.metrics, seconds)
+    return TrainSummary(name, run.info.run_id, version, result.metrics, seconds, result.per_user)
 
 
 def _report_markdown(name: str, metrics: dict[str, float], params: dict[str, Any]) -> str:

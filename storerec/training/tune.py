@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import mlflow
 from storerec.core.errors import UserError
 from storerec.core.progress import Progress
 from storerec.core.settings import Settings
+from storerec.models.ease import reuse_gram
 from storerec.registry import tracking
 from storerec.training.pipeline import Tables, make_split, train_and_evaluate
 from storerec.training.train import TrainSummary, train_one
@@ -90,6 +92,12 @@ class TuneSummary:
         return "\n".join(lines)
 
 
+def _model_reuse(model: str) -> AbstractContextManager[object]:
+    """Work shared by the trials of one search: EASE computes its Gram matrix once per
+    interaction matrix and only re-factorises it for each ``regularization``."""
+    return reuse_gram() if model == "ease" else nullcontext()
+
+
 def run_tuning(
     settings: Settings,
     data_dir: Path,
@@ -110,7 +118,7 @@ def run_tuning(
     space = candidates(model, trials, seed, grid)
     results: list[tuple[dict[str, Any], float]] = []
     cached = None
-    with mlflow.start_run(run_name=f"tune-{model}") as parent:
+    with mlflow.start_run(run_name=f"tune-{model}") as parent, _model_reuse(model):
         mlflow.set_tags({**tracking.standard_tags(tables.fingerprint, tables.source), "tune_model": model})
         for i, params in enumerate(space, 1):
             res = train_and_evaluate(settings, tables, split, model, params, cached)

@@ -1,0 +1,60 @@
+"""The validation split (#13 item 7): ``auto`` keeps the temporal window only when it holds
+enough users; otherwise a window of a handful of shoppers would crown champions on noise."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import polars as pl
+import pytest
+
+from storerec.core.errors import UserError
+from storerec.core.settings import TrainingSettings
+from storerec.training.pipeline import Tables, make_split
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _tables(n_users: int, recent_users: int) -> Tables:
+    """``n_users`` users with 5 purchases each, 60 to 20 days before the end; ``recent_users`` of
+    them buy once more in the last 14 days."""
+    rows = []
+    for u in range(n_users):
+        for j in range(5):
+            rows.append((f"u{u}", f"i{(u + j) % 50}", "purchase", T0 + timedelta(days=j * 8, hours=u % 24)))
+        if u < recent_users:
+            rows.append((f"u{u}", f"i{(u + 7) % 50}", "purchase", T0 + timedelta(days=55)))
+    events = pl.DataFrame(rows, schema={"user_id": pl.String, "item_id": pl.String, "event_type": pl.String,
+                                        "timestamp": pl.Datetime("us", "UTC")}, orient="row")
+    items = pl.DataFrame({"item_id": [f"i{i}" for i in range(50)]})
+    return Tables(events, items, None, "fp")
+
+
+def test_auto_keeps_a_well_populated_temporal_window() -> None:
+    split = make_split(_tables(400, 150), TrainingSettings())
+    assert split.params["split"] == "temporal"
+    assert split.test["user_id"].n_unique() == 150
+    assert "150 validation users" in split.params["split.reason"]
+
+
+def test_auto_falls_back_to_a_per_user_split_when_the_window_is_thin() -> None:
+    split = make_split(_tables(400, 12), TrainingSettings())
+    assert split.params["split"] == "last_fraction"
+    assert "12 validation users of 400" in split.params["split.reason"] and "per-user" in split.params["split.reason"]
+    assert split.test["user_id"].n_unique() == 400  # every user with more than one event validates
+    # no validation pair leaks into train
+    assert split.test.join(split.train.select("user_id", "item_id"), on=["user_id", "item_id"]).is_empty()
+
+
+def test_the_share_rule_counts_too() -> None:
+    # 150 users in the window pass min_test_users=100 but not 5 % of 4,000 users (200)
+    split = make_split(_tables(4000, 150), TrainingSettings())
+    assert split.params["split"] == "last_fraction"
+    assert "fewer than 200" in split.params["split.reason"]
+
+
+def test_an_explicit_temporal_split_is_kept_and_an_empty_window_is_refused() -> None:
+    split = make_split(_tables(400, 12), TrainingSettings(split="temporal"))
+    assert split.params["split"] == "temporal" and split.test["user_id"].n_unique() == 12
+    with pytest.raises(UserError, match="no relevant validation events"):
+        make_split(_tables(400, 12), TrainingSettings(split="temporal", relevant_event_types=["rating"]))
