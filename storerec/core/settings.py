@@ -209,7 +209,7 @@ class TrainingSettings(ConfigModel):
         True, description="After evaluating on the split, refit on all data for the registered version."
     )
     model_prior: list[str] = Field(
-        default_factory=lambda: ["ease", "als", "lightfm", "itemknn", "bpr", "popularity"],
+        default_factory=lambda: ["als", "ease", "lightfm", "itemknn", "bpr", "popularity"],
         description="Model names, strongest first: when the validation data cannot separate the best candidates "
         "(95% CI of the per-user NDCG difference includes 0), `storerec run` keeps the previous champion's model if it "
         "is among them, else crowns the first of them in this order.",
