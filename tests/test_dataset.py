@@ -217,3 +217,78 @@ def test_logged_flat_parameters_rebuild_the_same_config() -> None:
     )
     assert InteractionConfig(**flatten(cfg.model_dump())) == cfg
     assert InteractionConfig(**flatten(InteractionConfig().model_dump())) == InteractionConfig()
+
+
+# --- uninformative features dropped, feature groups switchable (issue #13 item 3) ---
+
+def _profiles(n: int = 200) -> tuple[IdMap, pl.DataFrame]:
+    ids = IdMap.from_values([f"u{i}" for i in range(n)])
+    return ids, pl.DataFrame(
+        {
+            "user_id": ids.external.tolist(),
+            "tier": ["bronze"] * n,  # one value for every user: no information
+            "segment": ["active"] * (n - 1) + ["new"],  # 'active' on 99.5 % of rows, 'new' on one
+            "gender": ["f" if i % 2 else "m" for i in range(n)],  # informative
+        }
+    )
+
+
+def test_constant_group_and_near_constant_column_are_dropped_informative_kept() -> None:
+    ids, profiles = _profiles()
+    f = user_features(ids, profiles)
+    assert "tier:*" in f.dropped and not any(n.startswith("tier:") for n in f.names)
+    assert "segment:active" in f.dropped and "segment:active" not in f.names
+    assert "segment:new" in f.names  # rare but informative: kept
+    assert {"gender:f", "gender:m"} <= set(f.names)
+    assert sum(n.startswith("id:") for n in f.names) == len(ids)  # identity never dropped
+    np.testing.assert_allclose(np.asarray(f.matrix.sum(axis=1)).ravel(), 1.0, rtol=1e-6)
+    assert "tier" in f.describe_dropped()
+    kept = user_features(ids, profiles, prune=False)
+    assert "tier:bronze" in kept.names and not kept.dropped
+
+
+def test_identity_kept_even_when_every_row_has_only_it() -> None:
+    ids = IdMap.from_values(["a", "b", "c"])
+    f = item_features(ids, pl.DataFrame({"item_id": ["a", "b", "c"], "category": ["Home"] * 3}))
+    assert f.names == ["id:a", "id:b", "id:c"] and "cat:*" in f.dropped
+    np.testing.assert_allclose(f.matrix.toarray(), np.eye(3))
+
+
+def test_select_groups_switches_groups_off_and_keeps_identity() -> None:
+    ids, profiles = _profiles()
+    f = user_features(ids, profiles)
+    g = f.select_groups(["segment"])
+    assert g.groups() == ["segment", "id"] or set(g.groups()) == {"segment", "id"}
+    assert not any(n.startswith("gender:") for n in g.names)
+    np.testing.assert_allclose(np.asarray(g.matrix.sum(axis=1)).ravel(), 1.0, rtol=1e-6)
+    assert set(f.select_groups([]).groups()) == {"id"}
+
+
+def test_lightfm_feature_group_options() -> None:
+    import scipy.sparse as sp
+
+    from storerec.models.dataset import Dataset
+    from storerec.models.lightfm import LightFMConfig, LightFMModel
+
+    assert LightFMConfig(user_feature_groups="gender, segment").user_feature_groups == ["gender", "segment"]
+    ids, profiles = _profiles(40)
+    items = IdMap.from_values(["a", "b", "c", "d"])
+    rng = np.random.default_rng(0)
+    inter = sp.csr_matrix((rng.random((40, 4)) > 0.5).astype(np.float32))
+    table = pl.DataFrame({"item_id": ["a", "b", "c", "d"], "category": ["Home", "Home", "Beauty", "Beauty"]})
+    ds = Dataset(ids, items, inter, user_features(ids, profiles), item_features(items, table))
+    m = LightFMModel(epochs=1, no_components=4, user_feature_groups=["segment"]).fit(ds)
+    assert m.user_features is not None and set(m.user_features.groups()) == {"segment", "id"}
+    params = m.get_params()
+    assert params["features.user.groups"] == "segment" and "tier" in params["features.user.dropped"]
+    assert params["features.item.groups"] == "cat"
+    off = LightFMModel(epochs=1, no_components=4, use_user_features=False, use_item_features=False).fit(ds)
+    assert off.user_features is None and off.item_features is None
+    assert off.score(["u1"])[0].shape == (1, 4)
+
+
+def test_tune_searches_lightfm_with_and_without_features() -> None:
+    from storerec.training.tune import SEARCH_SPACES
+
+    space = SEARCH_SPACES["lightfm"]
+    assert space["use_user_features"] == [True, False] and space["use_item_features"] == [True, False]

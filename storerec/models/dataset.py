@@ -65,10 +65,37 @@ class Features:
 
     names: list[str]
     matrix: sp.csr_matrix
+    dropped: dict[str, str] = field(default_factory=dict, compare=False)  # feature or "group:*" -> why it was left out
 
     def __post_init__(self) -> None:
         if self.matrix.shape[1] != len(self.names):
             raise ValueError("feature names do not match the matrix width")
+
+    def groups(self) -> list[str]:
+        """Feature groups present (the prefix before ``:``, e.g. ``tier``, ``cat``, ``id``), in first-seen order."""
+        return list(dict.fromkeys(n.split(":", 1)[0] for n in self.names))
+
+    def select_groups(self, keep: Iterable[str]) -> Features:
+        """Only the columns of groups in ``keep`` (identity ``id`` always stays); rows renormalised to sum 1."""
+        wanted = set(keep) | {IDENTITY_GROUP}
+        cols = np.array([i for i, n in enumerate(self.names) if n.split(":", 1)[0] in wanted], dtype=np.int64)
+        if len(cols) == len(self.names):
+            return self
+        m = self.matrix.tocsc()[:, cols].tocsr()
+        m.data = np.ones_like(m.data)  # back to indicators, then renormalise over what is left
+        return Features([self.names[i] for i in cols], _row_normalised(m), self.dropped)
+
+    def describe_dropped(self, limit: int = 480) -> str:
+        """One line naming what was dropped and why (for logs and logged params); empty when nothing was."""
+        text = "; ".join(f"{k} ({v})" for k, v in self.dropped.items())
+        return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+IDENTITY_GROUP = "id"
+MAX_FEATURE_SHARE = 0.99
+"""A feature column set on at least this share of the rows carries no information (it acts as a second bias)."""
+MIN_FEATURE_ROWS = 1
+"""A feature column set on fewer rows than this carries no information (never learned from)."""
 
 
 class InteractionConfig(BaseModel):
@@ -263,11 +290,22 @@ def weighted(mat: sp.csr_matrix, weighting: str, k1: float = 100.0, b: float = 0
     return res
 
 
-def _one_hot(ids: IdMap, rows: pl.DataFrame, key: str, columns: dict[str, str], identity: bool) -> Features:
+def _one_hot(
+    ids: IdMap,
+    rows: pl.DataFrame,
+    key: str,
+    columns: dict[str, str],
+    identity: bool,
+    prune: bool = True,
+    max_share: float = MAX_FEATURE_SHARE,
+    min_rows: int = MIN_FEATURE_ROWS,
+) -> Features:
     """Indicator features ``<prefix>:<value>`` for each column (list columns give one per element).
 
-    With ``identity`` every row also gets its own ``id:<id>`` feature, as LightFM expects for hybrid
-    models; rows are normalised so each row's weights sum to 1.
+    With ``prune``, columns without information on these rows are left out and recorded in
+    ``Features.dropped`` (see :func:`_prune`; identity features are never dropped). With ``identity``
+    every row also gets its own ``id:<id>`` feature, as LightFM expects for hybrid models; rows are
+    normalised so each row's weights sum to 1.
     """
     index = pl.DataFrame({key: ids.external.tolist(), "_row": np.arange(len(ids), dtype=np.int64)})
     pairs = []
@@ -282,8 +320,11 @@ def _one_hot(ids: IdMap, rows: pl.DataFrame, key: str, columns: dict[str, str], 
         )
     feats = pl.concat(pairs).unique() if pairs else pl.DataFrame({key: [], "_f": []}, schema={key: pl.String, "_f": pl.String})
     feats = feats.join(index, on=key, how="inner")
+    dropped: dict[str, str] = {}
+    if prune:
+        feats, dropped = _prune(feats, len(ids), max_share, min_rows)
     names = sorted(feats["_f"].unique().to_list())
-    name_idx = pl.DataFrame({"_f": names, "_col": np.arange(len(names), dtype=np.int64)})
+    name_idx = pl.DataFrame({"_f": pl.Series(names, dtype=pl.String), "_col": np.arange(len(names), dtype=np.int64)})
     feats = feats.join(name_idx, on="_f")
     r, c = feats["_row"].to_numpy(), feats["_col"].to_numpy()
     if identity:
@@ -292,14 +333,48 @@ def _one_hot(ids: IdMap, rows: pl.DataFrame, key: str, columns: dict[str, str], 
         r = np.concatenate([r, np.arange(len(ids))])
         c = np.concatenate([c, n + np.arange(len(ids))])
     m = sp.csr_matrix((np.ones(len(r), dtype=np.float32), (r, c)), shape=(len(ids), len(names)))
+    return Features(names, _row_normalised(m), dropped)
+
+
+def _row_normalised(m: sp.csr_matrix) -> sp.csr_matrix:
     sums = np.asarray(m.sum(axis=1)).ravel()
     sums[sums == 0] = 1.0
-    m = sp.diags(1.0 / sums).astype(np.float32) @ m
-    return Features(names, m.tocsr())
+    return sp.csr_matrix(sp.diags(1.0 / sums).astype(np.float32) @ m, dtype=np.float32)
 
 
-def item_features(items: IdMap, table: pl.DataFrame, identity: bool = True) -> Features:
-    """Category path levels, brand, price band and tags as indicator features."""
+def _prune(feats: pl.DataFrame, n_rows: int, max_share: float, min_rows: int) -> tuple[pl.DataFrame, dict[str, str]]:
+    """Leave out feature columns without information on these rows: a group with one value that (nearly) every
+    row has, a column set on >= ``max_share`` of the rows or on fewer than ``min_rows``. ``feats`` holds
+    distinct (row key, ``_f`` = ``group:value``) pairs; returns what is kept and {name: reason} of what is not."""
+    if feats.height == 0 or n_rows == 0:
+        return feats, {}
+    counts = (
+        feats.group_by("_f").agg(pl.len().alias("_n"))
+        .with_columns(pl.col("_f").str.split_exact(":", 1).struct.field("field_0").alias("_g"))
+        .sort("_f")
+    )
+    dropped: dict[str, str] = {}
+    for g, part in counts.group_by("_g", maintain_order=True):
+        group = str(g[0])
+        if part.height == 1 and part["_n"][0] >= max_share * n_rows:
+            dropped[f"{group}:*"] = f"one value for every row: {part['_f'][0]}"
+            continue
+        for name, n in part.select("_f", "_n").iter_rows():
+            if n >= max_share * n_rows or n < min_rows:
+                dropped[name] = f"set on {n}/{n_rows} rows"
+    if not dropped:
+        return feats, {}
+    gone_groups = [k[:-2] for k in dropped if k.endswith(":*")]
+    gone = [k for k in dropped if not k.endswith(":*")]
+    keep = ~pl.col("_f").is_in(gone)
+    if gone_groups:
+        keep = keep & ~pl.col("_f").str.split_exact(":", 1).struct.field("field_0").is_in(gone_groups)
+    return feats.filter(keep), dropped
+
+
+def item_features(items: IdMap, table: pl.DataFrame, identity: bool = True, prune: bool = True) -> Features:
+    """Category path levels, brand, price band and tags as indicator features (``prune``: without the
+    uninformative ones, see :func:`_one_hot`)."""
     # every prefix of the category path, so "Home" and "Home > Kitchen" are both features
     path = pl.col(C.Category).str.split(CATEGORY_SEP)
     levels = [path.list.head(k).list.join(CATEGORY_SEP) for k in range(1, 5)]
@@ -307,7 +382,7 @@ def item_features(items: IdMap, table: pl.DataFrame, identity: bool = True) -> F
     cols = {"_levels": "cat", C.Brand: "brand", C.Tags: "tag"}
     if "price_band" in t.columns:
         cols["price_band"] = "price"
-    return _one_hot(items, t, C.Item, cols, identity)
+    return _one_hot(items, t, C.Item, cols, identity, prune)
 
 
 USER_FEATURE_COLUMNS = {
@@ -322,9 +397,10 @@ USER_FEATURE_COLUMNS = {
 }
 
 
-def user_features(users: IdMap, profiles: pl.DataFrame, identity: bool = True) -> Features:
-    """Tier, lifecycle segment, demographics, price band and top categories from the profiles."""
+def user_features(users: IdMap, profiles: pl.DataFrame, identity: bool = True, prune: bool = True) -> Features:
+    """Tier, lifecycle segment, demographics, price band and top categories from the profiles (``prune``:
+    without the uninformative ones, see :func:`_one_hot`)."""
     p = profiles
     if "top_categories" in p.columns:
         p = p.with_columns(pl.col("top_categories").list.eval(pl.element().struct.field("category")).alias("_top_cats"))
-    return _one_hot(users, p, C.User, USER_FEATURE_COLUMNS, identity)
+    return _one_hot(users, p, C.User, USER_FEATURE_COLUMNS, identity, prune)

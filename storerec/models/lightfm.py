@@ -8,14 +8,17 @@ serving does not need LightFM itself.
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from storerec.models.base import ModelBase, ModelConfig
-from storerec.models.dataset import Dataset
+from storerec.models.dataset import Dataset, Features
+
+log = logging.getLogger(__name__)
 
 
 class LightFMConfig(ModelConfig):
@@ -28,9 +31,32 @@ class LightFMConfig(ModelConfig):
     epochs: int = Field(30, ge=1)
     use_user_features: bool = True
     use_item_features: bool = True
+    user_feature_groups: list[str] | None = Field(
+        None,
+        description="User feature groups to use (tier, segment, age, gender, region, occupation, price, likes); "
+        "None: all. Identity features always stay. Uninformative columns are dropped when the features are built.",
+    )
+    item_feature_groups: list[str] | None = Field(
+        None, description="Item feature groups to use (cat, brand, price, tag); None: all. Identity always stays."
+    )
     use_weights: bool = Field(False, description="Pass interaction weights as sample weights.")
     random_state: int = 42
     num_threads: int = Field(2, ge=1)
+
+
+    @field_validator("user_feature_groups", "item_feature_groups", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        """``--param user_feature_groups=tier,likes`` (a comma-separated string) as a list."""
+        if isinstance(v, str):
+            return [g.strip() for g in v.split(",") if g.strip()]
+        return v
+
+
+def _chosen(feats: Features | None, use: bool, groups: list[str] | None) -> Features | None:
+    if feats is None or not use:
+        return None
+    return feats if groups is None else feats.select_groups(groups)
 
 
 class LightFMModel(ModelBase[LightFMConfig]):
@@ -46,18 +72,36 @@ class LightFMModel(ModelBase[LightFMConfig]):
     has_item_vectors = True
     has_item_similarity = True
     uses_features = True
-    state_keys = ("user_emb", "user_bias", "item_emb", "item_bias")
+    state_keys = ("user_emb", "user_bias", "item_emb", "item_bias", "features_dropped")
+
+    def get_params(self, simple_types: bool = True) -> dict[str, Any]:
+        """The config, plus (once fitted) the feature groups used and what was dropped as uninformative."""
+        params = super().get_params(simple_types)
+        if self.is_fitted:
+            for i, (kind, feats) in enumerate((("user", self.user_features), ("item", self.item_features))):
+                if feats is not None:
+                    params[f"features.{kind}.groups"] = ",".join(g for g in feats.groups() if g != "id")
+                    if self.features_dropped[i]:
+                        params[f"features.{kind}.dropped"] = str(self.features_dropped[i])
+        return params
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        super()._set_state({"features_dropped": np.array(["", ""]), **state})  # models saved before it was kept
 
     def _fit(self, dataset: Dataset) -> None:
         from lightfm import LightFM
 
         cfg = self.config
-        uf = dataset.user_features.matrix if (cfg.use_user_features and dataset.user_features is not None) else None
-        itf = dataset.item_features.matrix if (cfg.use_item_features and dataset.item_features is not None) else None
-        if uf is None:
-            self.user_features = None
-        if itf is None:
-            self.item_features = None
+        self.user_features = _chosen(dataset.user_features, cfg.use_user_features, cfg.user_feature_groups)
+        self.item_features = _chosen(dataset.item_features, cfg.use_item_features, cfg.item_feature_groups)
+        for kind, feats in (("user", self.user_features), ("item", self.item_features)):
+            if feats is not None and feats.dropped:
+                log.info("lightfm: uninformative %s features dropped: %s", kind, feats.describe_dropped())
+        self.features_dropped = np.array(
+            [f.describe_dropped() if f is not None else "" for f in (self.user_features, self.item_features)], dtype=str
+        )  # what the feature builders left out as uninformative: logged with the params, kept on save
+        uf = self.user_features.matrix if self.user_features is not None else None
+        itf = self.item_features.matrix if self.item_features is not None else None
         inter = dataset.interactions.tocoo()
         binary = sp.coo_matrix((np.ones_like(inter.data), (inter.row, inter.col)), shape=inter.shape, dtype=np.float32)
         model = LightFM(

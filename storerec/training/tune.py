@@ -44,6 +44,8 @@ SEARCH_SPACES: dict[str, dict[str, list[Any]]] = {
         "epochs": [10, 20, 30, 50],
         "item_alpha": [0.0, 1e-6, 1e-5],
         "use_weights": [False, True],
+        "use_user_features": [True, False],  # uninformative user features dilute the identity embeddings (#13)
+        "use_item_features": [True, False],
         "interactions.recency_half_life": DECAY,
     },
     "ease": {
