@@ -100,9 +100,8 @@ class CandidateSources:
         popularity for items that are not trending) when their profile names a region with recent
         activity; else best sellers (trending order breaks ties). Scaled to [0, 1]."""
         region = (profile or {}).get("region") or ""
-        counts = self.users.region_trending.get(region)
-        if counts is not None:
-            base = counts * established(self.items.is_new)
+        if region in self.users.region_trending:
+            base = self.trending(region)
             scores = np.where(base > 0, base, POPULARITY_TIE_BREAK * self.items.pop_30d).astype(np.float32)
             return kernels.minmax(scores, valid, -np.inf), Source.TRENDING
         scores = (self.items.users_total + POPULARITY_TIE_BREAK * self.items.trending_rank).astype(np.float32)
