@@ -8,7 +8,7 @@ STOREREC := $(BIN)/storerec
 STAMP := $(VENV)/.installed
 ARGS ?=
 MODEL ?= als
-TRIALS ?= 20
+TRIALS ?= 30
 VERSION ?=
 ALIAS ?= champion
 USERS ?=
@@ -22,7 +22,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help install lock run serve data features import-ml100k train tune evaluate promote models recommend-batch mlflow-ui \
         simulate-traffic ab-report replay export-events \
-        lint test test-fast bench bench-offline bench-ml100k bench-serve behaviour fuzz soak clean clean-data
+        lint test test-fast bench bench-offline bench-quality bench-ml100k bench-serve behaviour fuzz soak clean clean-data
 
 help:  ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-16s %s\n", $$1, $$2}'
@@ -57,7 +57,7 @@ import-ml100k: install  ## (re-)import MovieLens-100K from ../shared/data/ml-100
 train: install  ## train, evaluate, log and register one model: make train MODEL=als [ARGS='--param factors=128']
 	$(STOREREC) train --model $(MODEL) $(ARGS)
 
-tune: install  ## random search, one nested MLflow run per trial: make tune MODEL=als TRIALS=20
+tune: install  ## coordinate search from the defaults, one nested MLflow run per trial: make tune MODEL=als [TRIALS=30]
 	$(STOREREC) tune --model $(MODEL) --trials $(TRIALS) $(ARGS)
 
 evaluate: install  ## compare models on one split, raw and through the serving pipeline; report with charts in reports/ (ARGS="--models als,ease")
@@ -108,6 +108,9 @@ bench-offline: install  ## simulator + profiles at 10M events: seconds and peak 
 
 bench-serve: install  ## the HTTP service under load: /recommend (full pipeline) vs bare /score at concurrency 1/8/32
 	$(STOREREC) bench --suite serve $(ARGS)
+
+bench-quality: install  ## storerec run/tune vs tuned implicit/LightFM/EASE on ML-100K, Last.fm and Online Retail (fetch: docs/benchmarks.md)
+	$(STOREREC) bench-quality $(ARGS)
 
 bench-ml100k: install  ## every model on MovieLens-100K against implicit/LightFM called directly
 	$(STOREREC) bench --suite ml100k $(ARGS)

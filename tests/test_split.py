@@ -58,3 +58,35 @@ def test_an_explicit_temporal_split_is_kept_and_an_empty_window_is_refused() -> 
     assert split.params["split"] == "temporal" and split.test["user_id"].n_unique() == 12
     with pytest.raises(UserError, match="no relevant validation events"):
         make_split(_tables(400, 12), TrainingSettings(split="temporal", relevant_event_types=["rating"]))
+
+
+def _constant_time_tables(n_users: int = 300, per_user: int = 10) -> Tables:
+    """Play-count-like data: every event at one time (the source had none)."""
+    rows = [(f"u{u}", f"i{(u * 7 + j) % 200:03d}", "purchase", T0) for u in range(n_users) for j in range(per_user)]
+    events = pl.DataFrame(rows, schema={"user_id": pl.String, "item_id": pl.String, "event_type": pl.String,
+                                        "timestamp": pl.Datetime("us", "UTC")}, orient="row")
+    return Tables(events, pl.DataFrame({"item_id": [f"i{i:03d}" for i in range(200)]}), None, "fp")
+
+
+def test_auto_detects_timestamps_that_carry_no_order() -> None:
+    """Constant timestamps: a temporal window would hold everything, and "each user's last 20 %"
+    would be their largest item ids; auto takes a seeded random 20 % per user instead."""
+    tables = _constant_time_tables()
+    split = make_split(tables, TrainingSettings())
+    assert split.params["split"] == "last_fraction" and split.params["split.order"] == "random"
+    assert "do not order" in split.params["split.reason"] and "1 distinct times" in split.params["split.reason"]
+    assert split.test["user_id"].n_unique() == 300 and split.test.height == 600  # 2 of 10 per user
+    # not the largest item ids: a sorted-by-item tail would hold only each user's 2 largest ids
+    by_id = tables.events.sort("user_id", "item_id").group_by("user_id", maintain_order=True).tail(2)
+    assert split.test.join(by_id.select("user_id", "item_id"), on=["user_id", "item_id"]).height < 0.5 * split.test.height
+    # reproducible, and nothing leaks
+    again = make_split(tables, TrainingSettings())
+    assert again.test.sort("user_id", "item_id").equals(split.test.sort("user_id", "item_id"))
+    assert split.test.join(split.train.select("user_id", "item_id"), on=["user_id", "item_id"]).is_empty()
+
+
+def test_informative_timestamps_keep_the_time_order() -> None:
+    from storerec.evaluation.splitters import time_orders_events
+
+    assert time_orders_events(_tables(400, 12).events)
+    assert not time_orders_events(_constant_time_tables().events)

@@ -205,6 +205,9 @@ def test_run_chain_promotes_the_best(env, capsys) -> None:
     assert run(env, "run") == 0
     out = capsys.readouterr().out
     assert "champion:" in out and "challenger:" in out and "evaluation report:" in out
+    # each model's parameters come from the automatic search on an inner split (#13 item 8)
+    searched = [ln for ln in out.splitlines() if ln.startswith("  parameters: searched")]
+    assert len(searched) == 2 and all("on an inner split" in ln and "with defaults ->" in ln for ln in searched), out
     c = client(env)
     champ = c.get_model_version_by_alias(NAME, "champion")
     chall = c.get_model_version_by_alias(NAME, "challenger")

@@ -274,24 +274,32 @@ def train(state: _State, model: str, params: tuple[str, ...], no_register: bool,
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @model_option
-@click.option("--trials", type=int, default=10, show_default=True, help="Random-search trials.")
-@click.option("--grid", is_flag=True, help="Try the whole grid instead of random trials.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random search.")
+@click.option("--trials", type=int, default=30, show_default=True,
+              help="Most settings fitted (coordinate search stops earlier when a pass brings no gain).")
+@click.option("--random", "random_search", is_flag=True, help="Draw --trials settings at random instead of the coordinate search.")
+@click.option("--grid", is_flag=True, help="Try the whole grid.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --random.")
 @click.option("--register", is_flag=True, help="Register the best trial as a new model version.")
 @data_dir_option
 @click.pass_obj
-def tune(state: _State, model: str, trials: int, grid: bool, seed: int, register: bool, data_dir: Path | None) -> None:
+def tune(state: _State, model: str, trials: int, random_search: bool, grid: bool, seed: int, register: bool,
+         data_dir: Path | None) -> None:
     """Search a model's main hyperparameters; best by NDCG@k on the validation window.
 
-    One MLflow parent run per search and a nested run per trial.
+    Coordinate search from the configured defaults: one parameter at a time, each value tried with
+    the others at the best so far, passes repeated until one brings no gain. One MLflow parent run
+    per search and a nested run per trial.
     """
     from storerec.core.progress import Progress
     from storerec.training.tune import run_tuning
 
     if trials < 1:
         raise click.BadParameter("must be >= 1", param_hint="--trials")
+    if grid and random_search:
+        raise click.BadParameter("choose one of --grid and --random", param_hint="--grid")
+    method = "grid" if grid else "random" if random_search else "coordinate"
     summary = run_tuning(
-        state.settings, state.data_dir(data_dir), model, trials=trials, seed=seed, grid=grid,
+        state.settings, state.data_dir(data_dir), model, trials=trials, seed=seed, method=method,
         register=register, progress=Progress("tune", quiet=state.quiet),
     )
     click.echo(summary.render())
@@ -453,6 +461,32 @@ def bench(
         click.echo(serve_benchmark(out, ml_dir, concurrency=levels, duration=duration, repeats=repeats, quiet=state.quiet))
     if suite in ("offline", "all"):
         click.echo(run_benchmarks(state.settings, n_events=n_events, repeats=repeats, out=out, quiet=state.quiet))
+
+
+@cli.command("bench-quality", context_settings=CONTEXT_SETTINGS)
+@click.option("--sets", default="ml100k,lastfm,online_retail", show_default=True,
+              help="Data sets (ml100k reads --ml-dir; lastfm and online_retail read bench-out/datasets/<name>/raw).")
+@click.option("--ml-dir", type=FOLDER, default=Path("../shared/data/ml-100k"), show_default=True, help="MovieLens-100K folder.")
+@click.option("--out", type=FOLDER, default=Path("bench-out/quality"), show_default=True, help="Scratch folder (data folders, MLflow stores, logs, results).")
+@click.option("--tune-models", default="als,ease,itemknn", show_default=True, help="Models `storerec tune` searches.")
+@click.option("--tune-trials", type=int, default=30, show_default=True, help="`storerec tune --trials`.")
+@click.option("--peer-trials", type=int, default=20, show_default=True, help="Random-search trials per peer library.")
+@click.pass_obj
+def bench_quality_cmd(state: _State, sets: str, ml_dir: Path, out: Path, tune_models: str, tune_trials: int, peer_trials: int) -> None:
+    """storerec's `run` champion and `tune` against implicit, LightFM and EASE called directly and
+    tuned, on MovieLens-100K and public data sets storerec was not tuned on; the same held-out
+    test part and metric code for all. Prints the Markdown table (also in OUT/bench-quality.md)."""
+    from storerec.tools.quality import SETS, bench_quality
+
+    names = [s.strip() for s in sets.split(",") if s.strip()]
+    unknown = [n for n in names if n not in SETS]
+    if unknown or not names:
+        raise click.BadParameter(f"unknown data set(s) {unknown}; choose from {', '.join(SETS)}", param_hint="--sets")
+    if "ml100k" in names and not (ml_dir / "u.data").exists():
+        raise UserError(f"{ml_dir}/u.data not found: pass --ml-dir to the MovieLens-100K folder")
+    models = [m.strip() for m in tune_models.split(",") if m.strip()]
+    click.echo(bench_quality(ml_dir.resolve(), out.resolve(), sets=names, tune_models=models, tune_trials=tune_trials,
+                             peer_trials=peer_trials, quiet=state.quiet))
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

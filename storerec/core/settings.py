@@ -218,6 +218,13 @@ class TrainingSettings(ConfigModel):
         default_factory=lambda: ["popularity", "als", "lightfm", "ease"],
         description="Models `storerec run` trains; the best by NDCG@k becomes champion.",
     )
+    search_trials: int = Field(
+        20, ge=0, description="`storerec run`: most settings each model's automatic search fits on an inner split of the "
+        "train window (coordinate search from the defaults; 0 or 1 = defaults only).",
+    )
+    search_seconds: float = Field(
+        60.0, gt=0, description="`storerec run`: time budget of each model's automatic search (the defaults are always fitted).",
+    )
     models: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Per-model parameters, e.g. [training.models.als] factors = 128; a nested "

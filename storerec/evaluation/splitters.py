@@ -22,10 +22,29 @@ def temporal_split(events: pl.DataFrame, cut: datetime) -> tuple[pl.DataFrame, p
     return events.filter(pl.col(C.Timestamp) < cut), events.filter(pl.col(C.Timestamp) >= cut)
 
 
-def _per_user_tail(events: pl.DataFrame, n_test: pl.Expr) -> tuple[pl.DataFrame, pl.DataFrame]:
+SHUFFLE_SEED = 20240501  # per-user order when timestamps carry none (fixed: the split is reproducible)
+
+
+def time_orders_events(events: pl.DataFrame, min_share: float = 0.5) -> bool:
+    """Whether timestamps order each user's events: at least ``min_share`` of the users with two or
+    more events have two or more distinct times. False for data imported with one constant or
+    per-user time (play counts, baskets without dates): "the last 20 %" would then mean "the
+    largest item ids"."""
+    per_user = events.group_by(C.User).agg(pl.len().alias("n"), pl.col(C.Timestamp).n_unique().alias("t"))
+    multi = per_user.filter(pl.col("n") > 1)
+    if multi.is_empty():
+        return True
+    return int((multi["t"] > 1).sum()) >= min_share * multi.height
+
+
+def _per_user_tail(events: pl.DataFrame, n_test: pl.Expr, shuffle: bool = False) -> tuple[pl.DataFrame, pl.DataFrame]:
+    order = (
+        [C.User, pl.struct(C.User, C.Item).hash(SHUFFLE_SEED).alias("_key"), "_row"] if shuffle
+        else [C.User, C.Timestamp, C.Item, "_row"]
+    )
     ranked = (
         events.with_row_index("_row")
-        .sort([C.User, C.Timestamp, C.Item, "_row"])
+        .sort(order)
         .with_columns(
             pl.int_range(pl.len()).over(C.User).alias("_pos"),
             pl.len().over(C.User).alias("_n"),
@@ -39,16 +58,20 @@ def _per_user_tail(events: pl.DataFrame, n_test: pl.Expr) -> tuple[pl.DataFrame,
     return train, test
 
 
-def last_fraction_split(events: pl.DataFrame, fraction: float = 0.2, min_test: int = 1) -> tuple[pl.DataFrame, pl.DataFrame]:
+def last_fraction_split(
+    events: pl.DataFrame, fraction: float = 0.2, min_test: int = 1, shuffle: bool = False
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Per user, the last ``floor(fraction * n)`` events (at least ``min_test``) go to test.
 
-    Users with a single event keep it in train (nothing would be left to learn from).
+    Users with a single event keep it in train (nothing would be left to learn from). With
+    ``shuffle`` the order is a fixed pseudo-random one (a seeded hash of user and item) instead of
+    time: for data whose timestamps carry no order (:func:`time_orders_events`).
     """
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be in (0, 1), got {fraction}")
     n_test = pl.max_horizontal((pl.col("_n") * fraction).floor().cast(pl.Int64), pl.lit(min_test))
     n_test = pl.when(pl.col("_n") > 1).then(pl.min_horizontal(n_test, pl.col("_n") - 1)).otherwise(0)
-    return _per_user_tail(events, n_test)
+    return _per_user_tail(events, n_test, shuffle)
 
 
 def last_n_split(events: pl.DataFrame, n: int = 1) -> tuple[pl.DataFrame, pl.DataFrame]:

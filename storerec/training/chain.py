@@ -3,7 +3,11 @@ each, publish one comparison report, and promote a champion the validation data 
 best by NDCG@k when its per-user lead over every other candidate is beyond chance (95 %
 confidence interval of the paired difference above 0); otherwise the previous champion's model if
 it is among the tied, else the first tied model in ``training.model_prior``
-(:mod:`storerec.evaluation.significance`). The best other candidate becomes challenger."""
+(:mod:`storerec.evaluation.significance`). The best other candidate becomes challenger.
+
+Each model's parameters come from an automatic coordinate search (``training.search_trials``,
+``training.search_seconds``) scored on an inner split cut from the train window, so the validation
+window that decides the champion played no part in choosing them."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from storerec.registry import tracking
 from storerec.training.compare import _context, default_report_dir, publish
 from storerec.training.pipeline import Tables, make_split
 from storerec.training.train import TrainSummary, train_one
+from storerec.training.tune import search_inner
 
 
 def train_register_promote(settings: Settings, data_dir: Path, progress: Progress) -> str:
@@ -29,15 +34,23 @@ def train_register_promote(settings: Settings, data_dir: Path, progress: Progres
         tables = Tables.load(data_dir)
         split = make_split(tables, settings.training)
     summaries: list[TrainSummary] = []
-    for name in settings.training.run_models:
-        summaries.append(train_one(settings, tables, split, name, register=True, progress=progress))
+    searched: dict[str, str] = {}
+    cfg = settings.training
+    for name in cfg.run_models:
+        with progress.step(f"{name}: automatic search (at most {cfg.search_trials} settings, {cfg.search_seconds:.0f} s)"):
+            params, _, account = search_inner(
+                settings, tables, split, name, max_trials=cfg.search_trials, budget_s=cfg.search_seconds, progress=progress
+            )
+        searched[name] = account
+        progress.info(f"{name}: {account}")
+        summaries.append(train_one(settings, tables, split, name, params, register=True, progress=progress))
     report = publish({s.model: s.metrics for s in summaries}, k, default_report_dir(), _context(split))
     name = settings.registered_model_name()
     decision = pick_champion(_per_user_scores(summaries, k), settings.training.model_prior, _champion_model(client, name))
     by_model = {s.model: s for s in summaries}
     champion = by_model[decision.champion]
     tracking.set_alias(client, name, str(champion.version), "champion")
-    lines = [s.render(k) for s in summaries]
+    lines = [f"{s.render(k)}\n  parameters: {searched[s.model]}" for s in summaries]
     lines.append(f"champion: {champion.model} (version {champion.version}, ndcg@{k}={champion.metrics[f'ndcg@{k}']:.4f}): {decision.reason}")
     others = sorted((s for s in summaries if s is not champion), key=lambda s: s.metrics[f"ndcg@{k}"], reverse=True)
     if others:

@@ -21,7 +21,7 @@ from storerec.core.settings import Settings, TrainingSettings
 from storerec.evaluation.metrics import BATCH_USERS as METRIC_BATCH_USERS
 from storerec.evaluation.metrics import MetricsAccumulator, user_batches
 from storerec.evaluation.scoring import BYTES_PER_SCORE, recommend_batch
-from storerec.evaluation.splitters import last_fraction_split, temporal_split
+from storerec.evaluation.splitters import last_fraction_split, temporal_split, time_orders_events
 from storerec.features import io
 from storerec.features.profiles import item_features as item_feature_table
 from storerec.features.profiles import user_profiles
@@ -84,6 +84,12 @@ def make_split(tables: Tables, cfg: TrainingSettings) -> Split:
     events = tables.events
     if events.is_empty():
         raise UserError("the events table is empty: nothing to train on")
+    if cfg.split == "auto" and not time_orders_events(events):
+        n_times = events[C.Timestamp].n_unique()
+        split = _per_user(tables, cfg, shuffle=True)
+        split.params["split.reason"] = (f"auto: the timestamps do not order users' events ({n_times:,} distinct times); "
+                                        f"per-user split of a random {cfg.test_fraction:.0%} instead")
+        return _checked(split, cfg, tables.fingerprint)
     if cfg.split in ("auto", "temporal"):
         split = _temporal(tables, cfg)
         if cfg.split == "temporal":
@@ -109,10 +115,12 @@ def _temporal(tables: Tables, cfg: TrainingSettings) -> Split:
     return Split(train, _relevant(train, test, cfg), cut, params)
 
 
-def _per_user(tables: Tables, cfg: TrainingSettings) -> Split:
-    train, test = last_fraction_split(tables.events, cfg.test_fraction)
+def _per_user(tables: Tables, cfg: TrainingSettings, shuffle: bool = False) -> Split:
+    train, test = last_fraction_split(tables.events, cfg.test_fraction, shuffle=shuffle)
     as_of = last_event_time(train) + timedelta(microseconds=1) if not train.is_empty() else last_event_time(tables.events)
-    params = {"split": "last_fraction", "split.test_fraction": cfg.test_fraction}
+    params: dict[str, Any] = {"split": "last_fraction", "split.test_fraction": cfg.test_fraction}
+    if shuffle:
+        params["split.order"] = "random"
     return Split(train, _relevant(train, test, cfg), as_of, params)
 
 
