@@ -72,3 +72,11 @@ def test_every_value_of_every_search_space_builds_a_model(model: str) -> None:
     key = identity_of(Settings(), model)
     for dim, values in SEARCH_SPACES[model].items():
         assert len({key({dim: v}) for v in values}) == len(values), f"{model}.{dim}: two values make the same model"
+
+
+def test_the_data_dimensions_are_searched_first() -> None:
+    from storerec.training.tune import _space
+
+    extra = {"interactions.strength.purchase.transform": ["none", "log1p"]}
+    assert next(iter(_space("als", extra))) == "interactions.strength.purchase.transform"
+    assert "interactions.strength.purchase.transform" not in _space("popularity", extra)

@@ -219,7 +219,7 @@ class TrainingSettings(ConfigModel):
         description="Models `storerec run` trains; the best by NDCG@k becomes champion.",
     )
     search_trials: int = Field(
-        20, ge=0, description="`storerec run`: most settings each model's automatic search fits on an inner split of the "
+        30, ge=0, description="`storerec run`: most settings each model's automatic search fits on an inner split of the "
         "train window (coordinate search from the defaults; 0 or 1 = defaults only).",
     )
     search_seconds: float = Field(

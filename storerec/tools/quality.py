@@ -110,12 +110,14 @@ class Cli:
         cmd = [sys.executable, "-m", "storerec.cli", *args]
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=self.cwd, env=env, capture_output=True, text=True)
-        seconds = time.perf_counter() - t0
-        with self.log.open("a") as f:
-            f.write(f"$ storerec {' '.join(args)}   # {seconds:.1f} s, exit {proc.returncode}\n{proc.stdout}{proc.stderr}\n")
+        with self.log.open("a") as log:  # progress (stderr) goes to the log as it happens
+            log.write(f"$ storerec {' '.join(args)}\n")
+            log.flush()
+            proc = subprocess.run(cmd, cwd=self.cwd, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+            seconds = time.perf_counter() - t0
+            log.write(f"{proc.stdout}# {seconds:.1f} s, exit {proc.returncode}\n\n")
         if proc.returncode != 0:
-            raise RuntimeError(f"storerec {' '.join(args)} failed ({proc.returncode}); see {self.log}\n{proc.stderr[-2000:]}")
+            raise RuntimeError(f"storerec {' '.join(args)} failed ({proc.returncode}); see {self.log}")
         if not self.quiet:
             print(f"[bench-quality]   storerec {' '.join(args[:3])} ... {seconds:.0f} s", file=sys.stderr, flush=True)
         return proc.stdout, seconds

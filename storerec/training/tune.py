@@ -43,9 +43,9 @@ SEARCH_SPACES: dict[str, dict[str, list[Any]]] = {
     "als": {
         "regularization": [0.01, 0.1, 1.0, 3.0, 10.0, 30.0],
         "alpha": [1.0, 2.0, 5.0, 10.0, 20.0, 40.0],
+        "interactions.weighting": ["none", "bm25"],
         "interactions.recency_half_life": DECAY,
         "factors": [32, 64, 128, 256],
-        "interactions.weighting": ["none", "bm25"],
         "iterations": [10, 15, 25],
     },
     "bpr": {
@@ -112,9 +112,13 @@ def candidates(model: str, trials: int, seed: int, grid: bool) -> list[dict[str,
 
 
 def _space(model: str, extra: dict[str, list[Any]] | None = None) -> dict[str, list[Any]]:
+    """The model's space, the data's dimensions (:func:`data_dimensions`) first: how strongly a
+    play count or a quantity counts changes the matrix every other parameter is tuned on."""
     if model not in SEARCH_SPACES:
         raise UserError(f"no search space for model {model!r}; tunable: {', '.join(SEARCH_SPACES)}")
-    return {**SEARCH_SPACES[model], **(extra or {})}
+    if model == "popularity":
+        return dict(SEARCH_SPACES[model])  # counts distinct users: the matrix's weights do not matter
+    return {**(extra or {}), **SEARCH_SPACES[model]}
 
 
 @dataclass
