@@ -80,3 +80,11 @@ def test_the_data_dimensions_are_searched_first() -> None:
     extra = {"interactions.strength.purchase.transform": ["none", "log1p"]}
     assert next(iter(_space("als", extra))) == "interactions.strength.purchase.transform"
     assert "interactions.strength.purchase.transform" not in _space("popularity", extra)
+
+
+def test_recency_is_not_searched_when_timestamps_carry_no_order() -> None:
+    from storerec.training.tune import _space
+
+    assert "interactions.recency_half_life" in _space("als")
+    untimed = _space("als", timed=False)
+    assert "interactions.recency_half_life" not in untimed and "regularization" in untimed

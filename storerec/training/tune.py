@@ -32,6 +32,7 @@ from storerec.core.progress import Progress
 from storerec.core.schema import Columns as C
 from storerec.core.schema import EventTypes
 from storerec.core.settings import Settings
+from storerec.evaluation.splitters import time_orders_events
 from storerec.models.base import flatten
 from storerec.models.ease import reuse_gram
 from storerec.registry import tracking
@@ -111,14 +112,20 @@ def candidates(model: str, trials: int, seed: int, grid: bool) -> list[dict[str,
     return combos[:trials]
 
 
-def _space(model: str, extra: dict[str, list[Any]] | None = None) -> dict[str, list[Any]]:
+TIME_KEYS = ("interactions.recency_half_life", "interactions.half_life_days")
+
+
+def _space(model: str, extra: dict[str, list[Any]] | None = None, *, timed: bool = True) -> dict[str, list[Any]]:
     """The model's space, the data's dimensions (:func:`data_dimensions`) first: how strongly a
-    play count or a quantity counts changes the matrix every other parameter is tuned on."""
+    play count or a quantity counts changes the matrix every other parameter is tuned on. Without
+    ``timed`` (timestamps that do not order events) the recency dimensions are left out: they would
+    decay events by an arbitrary order."""
     if model not in SEARCH_SPACES:
         raise UserError(f"no search space for model {model!r}; tunable: {', '.join(SEARCH_SPACES)}")
     if model == "popularity":
         return dict(SEARCH_SPACES[model])  # counts distinct users: the matrix's weights do not matter
-    return {**(extra or {}), **SEARCH_SPACES[model]}
+    space = {**(extra or {}), **SEARCH_SPACES[model]}
+    return space if timed else {k: v for k, v in space.items() if k not in TIME_KEYS}
 
 
 @dataclass
@@ -217,7 +224,8 @@ def search_inner(
 
     with _model_reuse(model):
         result = coordinate_search(
-            score, _space(model, data_dimensions(settings, split.train)), identity=identity_of(settings, model),
+            score, _space(model, data_dimensions(settings, split.train), timed=time_orders_events(split.train)),
+            identity=identity_of(settings, model),
             max_trials=max_trials, budget_s=budget_s,
         )
     params, best = result.best
@@ -293,7 +301,8 @@ def run_tuning(
             return value
 
         if method == "coordinate":
-            coordinate_search(score, _space(model, extra), identity=identity_of(settings, model), max_trials=trials)
+            space = _space(model, extra, timed=time_orders_events(split.train))
+            coordinate_search(score, space, identity=identity_of(settings, model), max_trials=trials)
         elif method in ("random", "grid"):
             for params in candidates(model, trials, seed, grid=method == "grid"):
                 score(params)
