@@ -88,3 +88,28 @@ def test_recency_is_not_searched_when_timestamps_carry_no_order() -> None:
     assert "interactions.recency_half_life" in _space("als")
     untimed = _space("als", timed=False)
     assert "interactions.recency_half_life" not in untimed and "regularization" in untimed
+
+
+def test_numeric_dimensions_are_line_searched_from_the_current_value() -> None:
+    """From the default 1.0 the search climbs to 30 without trying the values below 1.0, and a
+    value named explicitly with weight alone is the same model as the default."""
+    calls: list[dict[str, Any]] = []
+
+    def score(params: dict[str, Any]) -> float:
+        calls.append(params)
+        reg = params.get("r", 1.0)
+        return -abs(reg - 30.0)
+
+    space = {"r": [0.001, 0.01, 0.1, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0]}
+    result = coordinate_search(score, space, identity=lambda p: p.get("r", 1.0), max_trials=50, default_of={"r": 1.0}.get)
+    assert result.best[0] == {"r": 30.0}
+    assert sorted(c.get("r", 1.0) for c in calls) == [1.0, 3.0, 10.0, 30.0, 100.0]
+    key = identity_of(Settings(), "als")
+    assert key({}) == key({"interactions.strength.purchase.transform": "none"}) != key({"interactions.strength.purchase.transform": "log1p"})
+
+
+def test_no_decay_counts_as_the_longest_half_life() -> None:
+    from storerec.training.tune import _ordered
+
+    assert _ordered([None, 5, 10, 20, 50]) == [5, 10, 20, 50, None]
+    assert _ordered(["cosine", "bm25"]) is None and _ordered([True, False]) is None

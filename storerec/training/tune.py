@@ -1,11 +1,12 @@
 """Hyperparameter search: ``storerec tune`` and the automatic search of ``storerec run``.
 
 The search is a coordinate descent from the configured defaults: one dimension at a time (in the
-order of :data:`SEARCH_SPACES`, most influential first), every value is tried with the others held
-at the best so far, and the best is kept; passes repeat until one brings no gain or the trial or
-time budget is spent. On these spaces it finds in 15-30 fits what a random search needs hundreds
-for (the dimensions interact little), and a parameter set is never fitted twice. ``--random``
-draws ``trials`` sets at random instead; ``--grid`` tries them all.
+order of :data:`SEARCH_SPACES`, most influential first, the data's own dimensions before them), the
+others held at the best so far. A numeric dimension is line-searched from its current value (up
+while that gains, else down while that gains), so its range can be wide at the cost of a few fits;
+a categorical one tries every value. Passes repeat until one brings no gain or the trial or time
+budget is spent, and a parameter set is never fitted twice. ``--random`` draws ``trials`` sets at
+random instead; ``--grid`` tries them all.
 
 ``storerec tune`` scores trials on the validation window and reports it (one MLflow parent run per
 search, one nested run per trial). ``storerec run`` searches on an *inner* split cut from the
@@ -42,8 +43,8 @@ from storerec.training.train import TrainSummary, train_one
 DECAY = [None, 5, 10, 20, 50]
 SEARCH_SPACES: dict[str, dict[str, list[Any]]] = {
     "als": {
-        "regularization": [0.01, 0.1, 1.0, 3.0, 10.0, 30.0],
-        "alpha": [1.0, 2.0, 5.0, 10.0, 20.0, 40.0],
+        "regularization": [0.001, 0.01, 0.1, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0],
+        "alpha": [0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 40.0],
         "interactions.weighting": ["none", "bm25"],
         "interactions.recency_half_life": DECAY,
         "factors": [32, 64, 128, 256],
@@ -66,12 +67,12 @@ SEARCH_SPACES: dict[str, dict[str, list[Any]]] = {
         "use_weights": [False, True],
     },
     "ease": {
-        "regularization": [50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0],
-        "interactions.recency_half_life": [None, 2, 5, 10, 20],
+        "regularization": [10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 20000.0],
+        "interactions.recency_half_life": [None, 2, 5, 10, 20, 50],
     },
     "itemknn": {
         "similarity": ["cosine", "bm25", "tfidf"],
-        "neighbours": [20, 50, 100, 200, 400],
+        "neighbours": [10, 20, 50, 100, 200, 400, 800],
         "interactions.recency_half_life": DECAY,
     },
     "popularity": {"kind": ["global", "category", "trending"]},
@@ -138,6 +139,24 @@ class SearchResult:
         return max(self.trials, key=lambda t: t[1])
 
 
+def _ordered(values: list[Any]) -> list[Any] | None:
+    """Numeric values in ascending order, ``None`` (no decay: an infinite half-life) last; ``None``
+    for a categorical dimension."""
+    nums = [v for v in values if v is not None]
+    if not nums or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in nums):
+        return None
+    return sorted(nums) + ([None] if len(nums) < len(values) else [])
+
+
+def _position(order: list[Any], value: Any) -> int:
+    if value in order:
+        return order.index(value)
+    if value is None or not isinstance(value, (int, float)):
+        return len(order) - 1 if order[-1] is None else 0
+    nums = [(abs(v - value), n) for n, v in enumerate(order) if v is not None]
+    return min(nums)[1]
+
+
 def coordinate_search(
     score: Callable[[dict[str, Any]], float],
     space: dict[str, list[Any]],
@@ -145,12 +164,17 @@ def coordinate_search(
     identity: Callable[[dict[str, Any]], Any],
     max_trials: int,
     budget_s: float | None = None,
+    default_of: Callable[[str], Any] | None = None,
 ) -> SearchResult:
     """Coordinate descent from the defaults (``{}``) over ``space``; see the module docstring.
 
-    ``identity`` maps a parameter set to what makes two sets the same model (so a value equal to the
-    default is not fitted again). Stops after ``max_trials`` fits, or when ``budget_s`` seconds have
-    passed (checked before each fit; the defaults are always fitted), or after a pass without gain."""
+    A numeric dimension is line-searched: from the current value, step to the next larger value
+    while that gains, else to the next smaller one while that gains (``default_of(key)`` gives the
+    starting point when the best set does not name the key). A categorical dimension tries every
+    value. ``identity`` maps a parameter set to what makes two sets the same model (so a value
+    equal to the default is not fitted again). Stops after ``max_trials`` fits, or when
+    ``budget_s`` seconds have passed (checked before each fit; the defaults are always fitted), or
+    after a pass without gain."""
     result = SearchResult()
     seen: dict[Any, float] = {}
     t0 = time.perf_counter()
@@ -177,16 +201,40 @@ def coordinate_search(
     while True:
         improved = False
         for key, values in space.items():
-            for value in values:
-                cand = {**best, key: value}
-                got = trial(cand)
-                if got is None:
-                    return result
-                if got > best_score:
-                    best, best_score, improved = cand, got, True
+            order = _ordered(values)
+            if order is None:  # categorical: every value
+                for value in values:
+                    got = trial({**best, key: value})
+                    if got is None:
+                        return result
+                    if got > best_score:
+                        best, best_score, improved = {**best, key: value}, got, True
+                continue
+            start = best[key] if key in best else (default_of(key) if default_of else order[0])
+            at = _position(order, start)
+            for step in (1, -1):
+                moved = False
+                nxt = at + step
+                while 0 <= nxt < len(order):
+                    got = trial({**best, key: order[nxt]})
+                    if got is None:
+                        return result
+                    if got <= best_score:
+                        break
+                    best, best_score, improved, moved = {**best, key: order[nxt]}, got, True, True
+                    at, nxt = nxt, nxt + step
+                if moved:
+                    break
         if not improved:
             result.stopped = "a full pass brought no gain"
             return result
+
+
+def defaults_of(settings: Settings, model: str) -> Callable[[str], Any]:
+    """The configured value of a search key (model parameter or ``interactions.*``)."""
+    p, inter = model_spec(settings, model, {})
+    eff = {**build_model(model, p).get_params(), **flatten(inter.model_dump(), "interactions.")}
+    return eff.get
 
 
 def identity_of(settings: Settings, model: str) -> Callable[[dict[str, Any]], Any]:
@@ -194,6 +242,8 @@ def identity_of(settings: Settings, model: str) -> Callable[[dict[str, Any]], An
 
     def key(params: dict[str, Any]) -> Any:
         p, inter = model_spec(settings, model, params)
+        # a type counted by its weight alone (transform none) is the same matrix as a type not named
+        inter.strength = {t: v for t, v in inter.strength.items() if v.transform != "none"}
         eff = {**build_model(model, p).get_params(), **flatten(inter.model_dump(), "interactions.")}
         return tuple(sorted((k, repr(v)) for k, v in eff.items()))
 
@@ -225,7 +275,7 @@ def search_inner(
     with _model_reuse(model):
         result = coordinate_search(
             score, _space(model, data_dimensions(settings, split.train), timed=time_orders_events(split.train)),
-            identity=identity_of(settings, model),
+            identity=identity_of(settings, model), default_of=defaults_of(settings, model),
             max_trials=max_trials, budget_s=budget_s,
         )
     params, best = result.best
@@ -302,7 +352,8 @@ def run_tuning(
 
         if method == "coordinate":
             space = _space(model, extra, timed=time_orders_events(split.train))
-            coordinate_search(score, space, identity=identity_of(settings, model), max_trials=trials)
+            coordinate_search(score, space, identity=identity_of(settings, model), default_of=defaults_of(settings, model),
+                              max_trials=trials)
         elif method in ("random", "grid"):
             for params in candidates(model, trials, seed, grid=method == "grid"):
                 score(params)
