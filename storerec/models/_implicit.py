@@ -59,5 +59,8 @@ class ImplicitFactorModel(ModelBase[ConfigT]):
     def _score_hot(self, user_idx: np.ndarray) -> np.ndarray:
         return self.user_factors[user_idx] @ self.item_factors.T
 
+    def _dot_factors(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.user_factors, self.item_factors  # the bias column of BPR included: it is part of the product
+
     def _item_vectors(self) -> np.ndarray:
         return self.item_factors[:, :-1] if self.item_bias_column else self.item_factors

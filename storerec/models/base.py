@@ -97,6 +97,14 @@ def top_k_row(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return idx[keep], sc[keep]
 
 
+def _owned_scores(out: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``out`` as a float32 array of ``shape`` that the caller may write into: ``out`` itself
+    when it already is one (a fresh product), else a float32 copy (never a view of model state)."""
+    if isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == shape and out.flags.owndata and out.flags.writeable:
+        return out
+    return np.array(np.broadcast_to(out, shape), dtype=np.float32)
+
+
 ConfigT = TypeVar("ConfigT", bound=ModelConfig)
 
 
@@ -216,16 +224,19 @@ class ModelBase(ABC, Generic[ConfigT]):
         assert self.users is not None and self.items is not None
         idx = self.users.to_internal(list(user_ids))
         groups = self.route(idx)
-        scores = np.full((len(idx), len(self.items)), -np.inf, dtype=np.float32)
+        ok = np.zeros(len(idx), dtype=bool)
+        for g in groups.values():
+            ok[g] = True
+        shape = (len(idx), len(self.items))
+        if len(groups["hot"]) == len(idx) and len(idx):  # every user hot (the usual batch): no -inf fill, no copy
+            return _owned_scores(self._score_hot(idx), shape), ok
+        scores = np.full(shape, -np.inf, dtype=np.float32)
         if len(groups["hot"]):
             scores[groups["hot"]] = self._score_hot(idx[groups["hot"]])
         if len(groups["warm"]):
             scores[groups["warm"]] = self._score_warm(idx[groups["warm"]])
         if len(groups["cold"]):
             scores[groups["cold"]] = self._score_cold(len(groups["cold"]))
-        ok = np.zeros(len(idx), dtype=bool)
-        for g in groups.values():
-            ok[g] = True
         return scores, ok
 
     def recommend(
@@ -293,6 +304,15 @@ class ModelBase(ABC, Generic[ConfigT]):
             },
             schema={C.User: pl.String, C.Item: pl.String, "score": pl.Float32, "rank": pl.Int32},
         )
+
+    def dot_factors(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(user_factors, item_factors)`` when a hot user's scores are exactly
+        ``user_factors[user_idx] @ item_factors.T`` (the same float32 product), else ``None``.
+
+        Evaluation uses them for an exact top-k that skips items whose vector norm cannot reach
+        a user's k-th score (:mod:`storerec.evaluation.scoring`)."""
+        self._check_fitted()
+        return self._dot_factors()
 
     def item_vectors(self) -> np.ndarray:
         """One vector per item ``(n_items, dim)`` (models that declare ``has_item_vectors``)."""
@@ -420,6 +440,9 @@ class ModelBase(ABC, Generic[ConfigT]):
 
     def _item_vectors(self) -> np.ndarray:
         raise NotImplementedError(f"{self.name} has no item vectors")
+
+    def _dot_factors(self) -> tuple[np.ndarray, np.ndarray] | None:
+        return None
 
     def _get_state(self) -> dict[str, Any]:
         """Arrays (numpy or scipy.sparse) that, with the config, restore the fitted model."""

@@ -237,6 +237,7 @@ def interaction_matrix(
     iid = pl.DataFrame({C.Item: items.external.tolist(), "_i": np.arange(len(items), dtype=np.int64)})
     agg = (
         df.with_columns(w.alias("_w"))
+        .select(C.User, C.Item, "_w")  # only what the joins and sums need: no copies of the other columns
         .join(uid, on=C.User, how="inner")
         .join(iid, on=C.Item, how="inner")
         .group_by("_u", "_i")

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 import polars as pl
@@ -20,7 +20,7 @@ from storerec.core.schema import Columns
 from storerec.core.settings import Settings, TrainingSettings
 from storerec.evaluation.metrics import BATCH_USERS as METRIC_BATCH_USERS
 from storerec.evaluation.metrics import MetricsAccumulator, user_batches
-from storerec.evaluation.scoring import BYTES_PER_SCORE, recommend_batch
+from storerec.evaluation.scoring import BYTES_PER_SCORE, FACTOR_USERS, FactorIndex, recommend_batch
 from storerec.evaluation.splitters import last_fraction_split, temporal_split, time_orders_events
 from storerec.features import io
 from storerec.features.profiles import item_features as item_feature_table
@@ -241,9 +241,10 @@ def scoring_users(n_items: int, budget: int = SCORING_BYTES) -> int:
     return int(max(1, min(BATCH_USERS, budget // (BYTES_PER_SCORE * max(1, n_items)))))
 
 
-def recommend_in_chunks(model: ModelBase, users: list[str], k: int, chunk: int) -> pl.DataFrame:
-    """``model.recommend(users, k)`` (the same rows), ``chunk`` users scored at a time."""
-    frames = [recommend_batch(model, users[i : i + chunk], k) for i in range(0, len(users), chunk)]
+def recommend_in_chunks(model: ModelBase, users: list[str], k: int, chunk: int, index: FactorIndex | None = None) -> pl.DataFrame:
+    """``model.recommend(users, k)`` (the same rows), ``chunk`` users scored at a time (pruned
+    top-k of factor models with ``index``)."""
+    frames = [recommend_batch(model, users[i : i + chunk], k, index) for i in range(0, len(users), chunk)]
     return pl.concat(frames) if frames else model.recommend([], k=k)
 
 
@@ -268,29 +269,47 @@ def metric_accumulator(model: ModelBase, split: Split, prepared: Prepared, k: in
     )
 
 
-def evaluate(
-    model: ModelBase, split: Split, prepared: Prepared, k: int, *, batch_users: int = METRIC_BATCH_USERS, scoring_bytes: int = SCORING_BYTES
-) -> dict[str, float]:
+class EvalOptions(TypedDict, total=False):
+    """Keyword options of :func:`evaluate` / :func:`evaluate_per_user`."""
+
+    batch_users: int
+    scoring_bytes: int
+    pruned: bool
+
+
+def evaluate(model: ModelBase, split: Split, prepared: Prepared, k: int, **options: Unpack[EvalOptions]) -> dict[str, float]:
     """Metrics of ``model`` on the split's validation interactions, with segment breakdown.
 
     Users without a train profile count as segment ``cold``; ``cold_items_*`` report how the
     model handles items without train interactions. Test users are evaluated ``batch_users`` at
     a time, and scored in ``recommend`` calls sized to ``scoring_bytes``: memory is bounded
     whatever the number of users and items (the numbers equal :func:`metrics_of` on one frame
-    of every test user's list).
+    of every test user's list). Factor models skip the items that cannot reach a user's top k
+    (``pruned``; the same lists, see :func:`evaluate_per_user`).
     """
-    return evaluate_per_user(model, split, prepared, k, batch_users=batch_users, scoring_bytes=scoring_bytes)[0]
+    return evaluate_per_user(model, split, prepared, k, **options)[0]
 
 
 def evaluate_per_user(
-    model: ModelBase, split: Split, prepared: Prepared, k: int, *, batch_users: int = METRIC_BATCH_USERS, scoring_bytes: int = SCORING_BYTES
+    model: ModelBase,
+    split: Split,
+    prepared: Prepared,
+    k: int,
+    *,
+    batch_users: int = METRIC_BATCH_USERS,
+    scoring_bytes: int = SCORING_BYTES,
+    pruned: bool = True,
 ) -> tuple[dict[str, float], pl.DataFrame]:
-    """:func:`evaluate`, and each validation user's NDCG@k (``user_id, ndcg``, sorted by user)."""
+    """:func:`evaluate`, and each validation user's NDCG@k (``user_id, ndcg``, sorted by user).
+
+    Factor models (``model.dot_factors()``) are ranked by the exact pruned top-k of
+    :func:`storerec.evaluation.scoring.factor_top_k` unless ``pruned`` is false (the same lists)."""
     assert model.items is not None
-    chunk = scoring_users(len(model.items), scoring_bytes)
+    index = FactorIndex.of(model) if pruned else None  # factor models: exact top-k that skips low-norm items
+    chunk = FACTOR_USERS if index is not None else scoring_users(len(model.items), scoring_bytes)
     acc = metric_accumulator(model, split, prepared, k)
     for users, test_part in user_batches(split.test, batch_users):
-        acc.add(recommend_in_chunks(model, users, k, chunk), test_part)
+        acc.add(recommend_in_chunks(model, users, k, chunk, index), test_part)
     return acc.result(), acc.per_user("ndcg")
 
 
