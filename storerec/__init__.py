@@ -1,8 +1,7 @@
 """storerec: a recommendation engine service for online stores.
 
-This package holds what every stage shares: settings, the command line and progress output.
-The stages themselves are the top-level packages ``features``, ``models``, ``training``,
-``evaluation`` and ``serving``.
+One package in floors (docs/architecture.md): ``cli`` > ``tools`` > ``serving`` | ``training`` >
+``evaluation`` | ``registry`` | ``events`` > ``ranking`` > ``models`` > ``features`` > ``core``.
 """
 
 __version__ = "0.1.0"

@@ -90,3 +90,35 @@ def test_informative_timestamps_keep_the_time_order() -> None:
 
     assert time_orders_events(_tables(400, 12).events)
     assert not time_orders_events(_constant_time_tables().events)
+
+
+def test_released_events_are_read_again_and_a_changed_folder_is_refused(tmp_path) -> None:
+    """`storerec train` drops the events table after the split (memory at scale) and reads it again
+    for the refit; a folder that changed in between is an error, not a silently different model."""
+    from storerec.core.schema import conform
+    from storerec.features import io
+
+    tables = _tables(50, 10)
+    items = tables.items.with_columns(pl.lit("c").alias("category"))
+    io.write_tables(tmp_path, {"events": conform(tables.events, "events"), "items": conform(items, "items")})
+    loaded = Tables.load(tmp_path)
+    before = loaded.events
+    loaded.release_events()
+    assert loaded._events is None
+    assert loaded.events.equals(before)  # read again, same fingerprint
+    loaded.release_events()
+    io.write_tables(tmp_path, {"events": conform(tables.events.head(10), "events")})
+    with pytest.raises(UserError, match="changed while this job ran"):
+        _ = loaded.events
+    in_memory = _tables(50, 10)  # not read from a folder: nothing to read again, so it is kept
+    in_memory.release_events()
+    assert in_memory.events.height > 0
+
+
+def test_a_released_split_cannot_be_used() -> None:
+    split = make_split(_tables(400, 150), TrainingSettings())
+    split.release()
+    with pytest.raises(RuntimeError, match="released"):
+        _ = split.train
+    with pytest.raises(RuntimeError, match="released"):
+        _ = split.test

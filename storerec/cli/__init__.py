@@ -6,7 +6,14 @@ this module does no work.
 
 from __future__ import annotations
 
+import os
 import sys
+
+# polars' allocator (jemalloc) returns freed pages to the system at once instead of keeping them
+# for reuse: on a 200k users x 500k items x 5M events store, `storerec train` peaks about 0.1 GiB
+# lower (docs/benchmarks.md, "Evaluation at scale"). Set before polars is first imported; a value
+# the user sets wins.
+os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -560,6 +567,30 @@ def serve(state: _State, host: str | None, port: int | None, model_ref: str | No
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvpe(cmd[0], cmd, env)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--include-model", is_flag=True,
+              help="Bake the version's artifacts (model, item features, serving snapshot) into the Bento: it then serves without MLflow.")
+@click.option("--model", "model_ref", default=None, help="Alias or version (default serving.model, champion).")
+@data_dir_option
+@click.pass_obj
+def build(state: _State, include_model: bool, model_ref: str | None, data_dir: Path | None) -> None:
+    """Build a Bento of the service (`bentoml build`; docs/deploy.md) and print its tag.
+
+    Without --include-model the Bento loads the version from the registry when it starts
+    (MLFLOW_TRACKING_URI). Serve it with `bentoml serve TAG`; `bentoml containerize TAG` makes
+    an OCI image.
+    """
+    from storerec.serving.bento import build as build_bento
+
+    state.data_dir(data_dir)
+    built = build_bento(state.settings, ref=model_ref, include_model=include_model)
+    if not state.quiet:
+        what = (f"{built.registered_model} version {built.version} ({built.ref}) baked in" if built.version
+                else f"loads {built.registered_model}@{built.ref} from MLFLOW_TRACKING_URI at start")
+        click.echo(f"built Bento {built.tag}: {what}", err=True)
+    click.echo(built.tag)
 
 
 @cli.command("forget-user", context_settings=CONTEXT_SETTINGS)

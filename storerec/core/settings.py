@@ -234,6 +234,12 @@ class TrainingSettings(ConfigModel):
 
 class ServingSettings(ConfigModel):
     model: str = Field("champion", description="Registered version the service loads: an alias (champion) or a number.")
+    model_dir: Path | None = Field(
+        None, strict=False,
+        description="A folder holding one version's artifacts (model/, item_features.parquet, serving/ and bento-version.json, "
+        "as `storerec build --include-model` bakes them into a Bento) to serve instead of looking serving.model up in MLflow; "
+        "relative to the directory the service starts in.",
+    )
     host: str = "127.0.0.1"
     port: int = Field(3000, ge=1, le=65535)
     workers: int = Field(1, ge=1, description="BentoML worker processes.")

@@ -85,7 +85,7 @@ class MetricsAccumulator:
         self.group_column = group_column
         self.cold_items = pl.Series(C.Item, list(cold_items), dtype=pl.String) if cold_items is not None else None
         self.popularity = item_popularity(train)
-        self.n_train_users = train[C.User].n_unique()
+        self.n_train_users = int(train.lazy().select(pl.col(C.User).n_unique()).collect(engine="streaming").item())
         self._users: set[str] = set()
         self._ranking: list[pl.DataFrame] = []
         self._diversity: list[pl.DataFrame] = []

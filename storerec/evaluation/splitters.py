@@ -30,7 +30,11 @@ def time_orders_events(events: pl.DataFrame, min_share: float = 0.5) -> bool:
     more events have two or more distinct times. False for data imported with one constant or
     per-user time (play counts, baskets without dates): "the last 20 %" would then mean "the
     largest item ids"."""
-    per_user = events.group_by(C.User).agg(pl.len().alias("n"), pl.col(C.Timestamp).n_unique().alias("t"))
+    per_user = (
+        events.lazy().select(C.User, C.Timestamp).group_by(C.User)
+        .agg(pl.len().alias("n"), pl.col(C.Timestamp).n_unique().alias("t"))
+        .collect(engine="streaming")
+    )
     multi = per_user.filter(pl.col("n") > 1)
     if multi.is_empty():
         return True

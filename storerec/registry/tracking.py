@@ -3,7 +3,9 @@
 A registered version holds a pyfunc model whose ``artifacts/`` folder has everything needed to
 serve without the training code: ``model/`` (ModelBase.save: id maps, factors or weights,
 feature matrices, config, format version), ``item_features.parquet`` (the catalogue as of
-training) and ``training.json`` (model name, params, metrics, data fingerprint).
+training), ``training.json`` (model name, params, metrics, data fingerprint) and ``serving/``,
+the serving snapshot (user profiles, the events' four columns the pipeline reads, a manifest:
+:mod:`storerec.registry.snapshot`), so that a replica needs the registry and nothing else.
 """
 
 from __future__ import annotations
@@ -199,9 +201,17 @@ def log_model_version(
     info: dict[str, Any],
     registered_model: str,
     tags: dict[str, str] | None = None,
+    profiles: Any = None,
+    events: Any = None,
+    as_of: Any = None,
 ) -> tuple[str, str]:
     """Log the model as a pyfunc in the active run and register it with version ``tags`` (the
     data it was trained on, :func:`data_tags`); returns (model_uri, version).
+
+    ``profiles`` and ``events`` (polars frames; the events' four columns are kept) become the
+    version's serving snapshot (``artifacts/serving/``, with a manifest: row counts, ``as_of``,
+    the data fingerprint of ``tags``); without both, the version has none (served with the data
+    folder's tables, as versions registered before snapshots are).
 
     Registration is retried while SQLite is locked by concurrent jobs; a registered model that
     another job creates at the same moment is used as it is, and each job gets its own number."""
@@ -211,6 +221,12 @@ def log_model_version(
         item_table.write_parquet(item_path)
         info_path = Path(tmp) / "storerec.training.json"
         info_path.write_text(json.dumps(info, indent=2, default=str))
+        artifacts = {ARTIFACT_MODEL: str(model_dir), "item_features": str(item_path), "training": str(info_path)}
+        if profiles is not None and events is not None:
+            from storerec.registry.snapshot import SNAPSHOT_DIR, write_snapshot
+
+            write_snapshot(Path(tmp), profiles=profiles, events=events, as_of=as_of, fingerprint=(tags or {}).get(TAG_FINGERPRINT))
+            artifacts[SNAPSHOT_DIR] = str(Path(tmp) / SNAPSHOT_DIR)
         # the pyfunc takes/returns pandas frames without a fixed signature, and the wrapper class is
         # importable: MLflow's warnings about both are expected, so keep them off the console
         pyfunc_log = logging.getLogger("mlflow.pyfunc")
@@ -220,7 +236,7 @@ def log_model_version(
             logged = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=StorerecPyfunc(),
-                artifacts={ARTIFACT_MODEL: str(model_dir), "item_features": str(item_path), "training": str(info_path)},
+                artifacts=artifacts,
                 pip_requirements=[f"storerec=={__version__}"],
             )
         finally:

@@ -52,7 +52,7 @@ from storerec.serving.freqcap import FrequencyCap
 from storerec.serving.http import ROUTES, Gate, GateConfig, error_response, openapi_json
 from storerec.serving.launch import SERVICE_NAME
 from storerec.serving.schemas import EventsRequest, ListRequest, RecommendRequest, ReloadRequest, ReloadResponse, ScoreRequest, SimilarRequest
-from storerec.serving.state import Loaded, ServingState, load_state
+from storerec.serving.state import Loaded, ServingState, baked_version, load_state
 from storerec.serving.watchdog import watch_parent
 
 log = logging.getLogger("storerec.serving")
@@ -222,7 +222,10 @@ class StoreRec:
         _freeze_heap(refreeze=True)
 
     def _resolve(self, ref: str) -> str:
-        """The version ``ref`` points at in the registry now (the sync thread's alias poll)."""
+        """The version ``ref`` points at in the registry now (the sync thread's alias poll); a
+        service on a baked version (``serving.model_dir``) never asks MLflow."""
+        if self.settings.serving.model_dir is not None:
+            return baked_version(self.settings, ref)
         from mlflow import MlflowClient
 
         from storerec.registry import tracking

@@ -95,6 +95,23 @@ class Served:
         return stop(self.proc, sig, timeout)
 
 
+def wait_ready(proc: subprocess.Popen[bytes], port: int, timeout: float) -> bool:
+    """Poll ``GET /readyz`` on ``port`` until it answers 200 (True), ``proc`` exits or ``timeout``
+    seconds pass (False; the caller stops it)."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=5) as probe:
+        while time.monotonic() < deadline:
+            try:
+                if probe.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                return False
+            time.sleep(0.3)
+    return False
+
+
 def start(cfg: Path, log_path: Path, *, port: int | None = None, env: dict[str, str] | None = None,
           timeout: float = 120.0, append: bool = True) -> Served:
     """``storerec --config cfg serve`` on ``port`` (default: a free one), with ``env`` added to
@@ -108,20 +125,11 @@ def start(cfg: Path, log_path: Path, *, port: int | None = None, env: dict[str, 
             [sys.executable, "-m", "storerec.cli", "--config", str(cfg), "serve", "--port", str(port)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})},
         )
-    deadline = time.monotonic() + timeout
-    with httpx.Client(timeout=5) as probe:
-        while time.monotonic() < deadline:
-            try:
-                if probe.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    with open(log_path, "rb") as f:
-                        f.seek(offset)
-                        token = admin_token_from_log(f.read().decode(errors="replace"))
-                    return Served(proc, port, log_path, token)
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                break
-            time.sleep(0.3)
+    if wait_ready(proc, port, timeout):
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            token = admin_token_from_log(f.read().decode(errors="replace"))
+        return Served(proc, port, log_path, token)
     stop(proc)
     raise RuntimeError(f"the service did not become ready (exit status {proc.poll()}); log {log_path}:\n"
                        + log_path.read_text(errors="replace")[-4000:])

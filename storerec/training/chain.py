@@ -33,6 +33,7 @@ def train_register_promote(settings: Settings, data_dir: Path, progress: Progres
     with progress.step("load data and split"):
         tables = Tables.load(data_dir)
         split = make_split(tables, settings.training)
+        tables.release_events()  # read again for each refit on all data
     summaries: list[TrainSummary] = []
     searched: dict[str, str] = {}
     cfg = settings.training
@@ -44,6 +45,7 @@ def train_register_promote(settings: Settings, data_dir: Path, progress: Progres
         searched[name] = account
         progress.info(f"{name}: {account}")
         summaries.append(train_one(settings, tables, split, name, params, register=True, progress=progress))
+        tables.release_events()
     report = publish({s.model: s.metrics for s in summaries}, k, default_report_dir(), _context(split))
     name = settings.registered_model_name()
     decision = pick_champion(_per_user_scores(summaries, k), settings.training.model_prior, _champion_model(client, name))

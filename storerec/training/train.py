@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from storerec.core.progress import Progress
 from storerec.core.settings import Settings
 from storerec.core.tables import markdown_table
 from storerec.registry import tracking
-from storerec.training.pipeline import Split, Tables, make_split, refit_full, train_and_evaluate
+from storerec.training.pipeline import Prepared, Split, Tables, make_split, refit_full, train_and_evaluate
 
 
 @dataclass
@@ -63,34 +64,55 @@ def train_one(
     progress: Progress,
     run_name: str | None = None,
     nested: bool = False,
+    release_split: bool = False,
 ) -> TrainSummary:
-    """Train, evaluate and log one model in its own MLflow run (optionally registered)."""
+    """Train, evaluate and log one model in its own MLflow run (optionally registered).
+    ``release_split``: the caller is done with ``split``; its frames leave memory after the
+    evaluation (before the refit on all data)."""
     with progress.step(f"{name}: fit on the split and evaluate"):
         result = train_and_evaluate(settings, tables, split, name, overrides)
+    params, metrics, per_user = result.params, result.metrics, result.per_user
+    if release_split:
+        split.release()
     # a failing store (locked past the retries, broken) is one error line, the run marked failed
     with tracking.store_access(mlflow.get_tracking_uri(), f"log the {name} run"), mlflow.start_run(run_name=run_name or name, nested=nested) as run:
         mlflow.set_tags(tracking.standard_tags(tables.fingerprint, tables.source))
-        mlflow.log_params(result.params)
-        mlflow.log_metrics({tracking.metric_key(k): v for k, v in result.metrics.items()})
-        mlflow.log_dict({"metrics": result.metrics, "params": result.params}, "evaluation/report.json")
-        mlflow.log_text(_report_markdown(name, result.metrics, result.params), "evaluation/report.md")
+        mlflow.log_params(params)
+        mlflow.log_metrics({tracking.metric_key(k): v for k, v in metrics.items()})
+        mlflow.log_dict({"metrics": metrics, "params": params}, "evaluation/report.json")
+        mlflow.log_text(_report_markdown(name, metrics, params), "evaluation/report.md")
         seconds = dict(result.seconds)
         version = None
         if register:
             model, prepared = result.model, result.prepared
             if settings.training.refit_full:
+                del result, model, prepared  # the split's model and tables leave memory before the refit on all data
                 with progress.step(f"{name}: refit on all data for serving"):
                     t0 = time.perf_counter()
                     model, prepared = refit_full(settings, tables, name, overrides)
                     seconds["refit_full"] = time.perf_counter() - t0
             with progress.step(f"{name}: log and register"):
                 data = tracking.data_tags(tables.fingerprint, tables.source)
-                info = {"model": name, "params": result.params, "metrics": result.metrics, **data}
+                info = {"model": name, "params": params, "metrics": metrics, **data}
+                profiles, as_of = serving_profiles(settings, tables, prepared)
                 _, version = tracking.log_model_version(
-                    model=model, item_table=prepared.item_table, info=info, registered_model=settings.registered_model_name(), tags=data
+                    model=model, item_table=prepared.item_table, info=info, registered_model=settings.registered_model_name(), tags=data,
+                    profiles=profiles, events=tables.events, as_of=as_of,
                 )
         mlflow.log_metrics({f"seconds_{k}": v for k, v in seconds.items()})
-    return TrainSummary(name, run.info.run_id, version, result.metrics, seconds, result.per_user)
+    return TrainSummary(name, run.info.run_id, version, metrics, seconds, per_user)
+
+
+def serving_profiles(settings: Settings, tables: Tables, prepared: Prepared) -> tuple[pl.DataFrame, datetime]:
+    """The user profiles a registered version is served with (its serving snapshot) and their
+    as-of time: as of the end of the data, as ``storerec features`` builds them by default. The
+    refit on all data (``training.refit_full``) made them already; otherwise they are built."""
+    from storerec.features.profiles import default_as_of, user_profiles
+
+    as_of = default_as_of(tables.events)
+    if prepared.dataset.as_of == as_of:
+        return prepared.profiles, as_of
+    return user_profiles(tables.events, tables.users, tables.items, settings, as_of), as_of
 
 
 def _report_markdown(name: str, metrics: dict[str, float], params: dict[str, Any]) -> str:
@@ -112,4 +134,5 @@ def run_training(settings: Settings, data_dir: Path, model: str, overrides: dict
     with progress.step("load data and split"):
         tables = Tables.load(data_dir)
         split = make_split(tables, settings.training)
-    return train_one(settings, tables, split, model, overrides, register=register, progress=progress)
+        tables.release_events()  # read again for the refit on all data; not held through fit and evaluation
+    return train_one(settings, tables, split, model, overrides, register=register, progress=progress, release_split=True)

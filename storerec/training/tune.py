@@ -330,6 +330,7 @@ def run_tuning(
     with progress.step("load data and split"):
         tables = Tables.load(data_dir)
         split = make_split(tables, settings.training)
+        tables.release_events()  # the trials need the split only
     extra = data_dimensions(settings, split.train)
     results: list[tuple[dict[str, Any], float]] = []
     cached = None
