@@ -44,6 +44,19 @@ def test_store_lock_is_beside_the_sqlite_file_and_exclusive(tmp_path: Path) -> N
     assert tracking.sqlite_path("sqlite:////abs/m.db?mode=ro") == Path("/abs/m.db")
 
 
+def test_server_uris_and_local_artifact_locations() -> None:
+    """An MLflow server (http/https) owns its stores and artifacts (tests/test_remote_mlflow.py
+    runs one); a server experiment whose artifacts are a local path gets a warning."""
+    assert tracking.is_server("http://127.0.0.1:5000") and tracking.is_server("HTTPS://mlflow.internal")
+    for local in ("sqlite:///mlruns/mlflow.db", "postgresql+psycopg://postgres@h/db", "file:///x/mlruns", "mlruns"):
+        assert not tracking.is_server(local)
+    assert tracking._local_location("file:///srv/mlruns/1") and tracking._local_location("/srv/mlruns/1")
+    for served in ("mlflow-artifacts:/1", "s3://bucket/1", "gs://b/1", "", None):
+        assert not tracking._local_location(served)
+    err = tracking.store_error("http://127.0.0.1:5000", "open the tracking store", MlflowException("boom"))
+    assert "curl http://127.0.0.1:5000/health" in str(err) and "mlflow db upgrade" not in str(err)
+
+
 def test_locked_writes_are_retried_then_reported(tmp_path: Path) -> None:
     calls = []
 

@@ -417,11 +417,16 @@ def recommend_batch(state: _State, model_ref: str, users_file: Path | None, segm
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.pass_obj
 def mlflow_ui(state: _State, port: int, host: str) -> None:
-    """Open the MLflow UI on the configured tracking store."""
+    """Open the MLflow UI on the configured tracking store (an MLflow server serves its own)."""
     import os
+    import sys
+
+    from storerec.registry import tracking
 
     uri = state.settings.mlflow.resolved_tracking_uri()
-    import sys
+    if tracking.is_server(uri):
+        click.echo(f"the tracking store is the MLflow server {uri}: its UI is there (open {uri} in a browser)")
+        return
 
     exe = str(Path(sys.executable).with_name("mlflow"))
     cmd = [exe, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]

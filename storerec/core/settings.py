@@ -174,7 +174,11 @@ class MlflowSettings(ConfigModel):
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db."
     )
-    artifact_root: Path = Field(Path("mlruns/artifacts"), strict=False)
+    artifact_root: Path = Field(
+        Path("mlruns/artifacts"), strict=False,
+        description="Artifacts of a new experiment on a local store (SQLite, file, a database URI used directly); "
+        "an MLflow server (http/https) keeps artifacts where it is told (mlflow server --serve-artifacts).",
+    )
     registered_model: str | None = Field(
         None,
         description="Registered model name; default storerec-<data folder name> (one per data folder, "

@@ -45,6 +45,37 @@ def metric_key(name: str) -> str:
     return name.replace("@", "_at_").replace("=", "_")
 
 
+SERVER_SCHEMES = ("http://", "https://")
+SERVER_PROBE_TIMEOUT_S = 5.0  # GET <server>/health before the first request: MLflow's own client retries ~4 min on a dead server
+
+
+def is_server(uri: str) -> bool:
+    """An MLflow tracking server (``http(s)://``): the server owns its stores and decides where
+    artifacts go (``mlflow server --serve-artifacts``: ``mlflow-artifacts:/`` URIs); a client
+    neither locks, creates nor migrates anything, and ``mlflow.artifact_root`` does not apply."""
+    return uri.lower().startswith(SERVER_SCHEMES)
+
+
+def check_server(uri: str, timeout_s: float = SERVER_PROBE_TIMEOUT_S) -> None:
+    """Raise a :class:`UserError` at once when nothing answers at the server ``uri`` (refused,
+    unknown host, timeout); any HTTP answer, even an error status (a proxy, an auth layer),
+    counts as an answer and is left to MLflow's client."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UserError(
+            f"MLflow server {uri} does not answer ({reason}); start it (docs/deploy.md, \"Remote MLflow\") or point "
+            "MLFLOW_TRACKING_URI / mlflow.tracking_uri at a running one"
+        ) from None
+
+
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` tracking URI (None for in-memory or other stores)."""
     if not uri.startswith("sqlite:///"):
@@ -102,6 +133,9 @@ def store_error(uri: str, action: str, exc: BaseException) -> UserError:
     if _is_locked(exc):
         hint = ("other jobs kept the SQLite database locked too long; run again when they finish, or use an MLflow server "
                 "(mlflow.tracking_uri) for many concurrent jobs")
+    elif is_server(uri):
+        hint = (f"check that the MLflow server answers (`curl {uri.rstrip('/')}/health`) and that its backend store is "
+                "reachable (the server's log says why it failed)")
     else:
         hint = (f"check that mlflow.tracking_uri points at an MLflow store; if a crashed job left it half-created, move it aside "
                 f"(the next command makes a new one) or run `mlflow db upgrade {uri}` after a backup")
@@ -142,21 +176,34 @@ def configure(cfg: MlflowSettings) -> MlflowClient:
     """Point MLflow at the configured store and make sure the experiment exists.
 
     The default store is ``sqlite:///mlruns/mlflow.db`` with artifacts in ``mlruns/artifacts``;
-    ``MLFLOW_TRACKING_URI`` or ``mlflow.tracking_uri`` select any other server. A SQLite store
+    ``MLFLOW_TRACKING_URI`` or ``mlflow.tracking_uri`` select any other store. A SQLite store
     is opened (created, migrated) under :func:`store_lock`, so concurrent jobs are safe; any
     failure is a :class:`UserError` that says what to do.
+
+    A local store (SQLite, a file store, or a database URI used directly) gets its experiment's
+    artifacts in ``mlflow.artifact_root``. An MLflow server (``http(s)://``, :func:`is_server`)
+    is asked once whether it answers, and creates the experiment where it keeps artifacts
+    (``--serve-artifacts``: ``mlflow-artifacts:/``, so every client and replica reads the
+    same artifacts through it); ``mlflow.artifact_root`` is not used, because a client's
+    local folder would be recorded as an absolute ``file://`` path no other machine can read.
+    A server experiment whose artifact location is such a local path (a server run with
+    ``--no-serve-artifacts --default-artifact-root /some/dir``) gets a warning.
     """
     # MLflow's per-file download bars and start-up INFO lines drown our own progress output
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("mlflow.store.db.utils", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     uri = cfg.resolved_tracking_uri()
+    server = is_server(uri)
+    if server:
+        check_server(uri)
     with store_lock(uri), store_access(uri, "open the tracking store"):
         mlflow.set_tracking_uri(uri)
         client = MlflowClient(tracking_uri=uri)
-        if client.get_experiment_by_name(cfg.experiment) is None:  # creates and migrates a new store
-            location = None
-            if "://" not in uri or uri.startswith(("sqlite:", "file:")):
+        experiment = client.get_experiment_by_name(cfg.experiment)  # creates and migrates a new local store
+        if experiment is None:
+            location = None  # a server's default: where it keeps artifacts
+            if not server:
                 root = Path(cfg.artifact_root).resolve()
                 root.mkdir(parents=True, exist_ok=True)
                 location = root.as_uri()
@@ -165,9 +212,20 @@ def configure(cfg: MlflowSettings) -> MlflowClient:
             except mlflow.exceptions.MlflowException as exc:
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # another job (on a server store) made it first
                     raise
+            experiment = client.get_experiment_by_name(cfg.experiment)
+        if server and experiment is not None and _local_location(experiment.artifact_location):
+            logging.getLogger("storerec.tracking").warning(
+                "MLflow server %s keeps the artifacts of experiment %r at %s, a path on the machine that writes them: "
+                "replicas elsewhere cannot read them unless it is a shared mount; run the server with --serve-artifacts "
+                "(docs/deploy.md, \"Remote MLflow\")", uri, cfg.experiment, experiment.artifact_location)
         client.search_registered_models(max_results=1)  # the registry's store opens here too, under the lock
         mlflow.set_experiment(cfg.experiment)
     return client
+
+
+def _local_location(location: str | None) -> bool:
+    """An artifact location on a local file system (``file:``, a bare path), not one a server resolves."""
+    return bool(location) and str(location).startswith(("file:", "/"))
 
 
 def git_commit() -> str:
