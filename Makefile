@@ -21,7 +21,7 @@ B ?= challenger
 PYTEST_ARGS ?=
 
 .PHONY: help install lock run serve data features import-ml100k train tune evaluate promote models recommend-batch mlflow-ui \
-        simulate-traffic ab-report replay export-events \
+        simulate-traffic ab-report replay export-events sync-events \
         lint test test-fast bench bench-offline bench-quality bench-ml100k bench-serve behaviour fuzz soak clean clean-data
 
 help:  ## list targets
@@ -85,6 +85,9 @@ replay: install  ## offline replay of two registered versions on a held-out wind
 
 export-events: install  ## logged shopper events in the events table format (OUT=logged-events.parquet)
 	$(STOREREC) export-events --out $(if $(filter recs.parquet,$(OUT)),logged-events.parquet,$(OUT)) $(ARGS)
+
+sync-events: install  ## append the event log's new events to ./data's events table (watermark in data/sync-state.json; safe to re-run)
+	$(STOREREC) sync-events $(ARGS)
 
 mlflow-ui: install  ## open the MLflow UI on the local store (http://127.0.0.1:5000)
 	$(STOREREC) mlflow-ui $(ARGS)

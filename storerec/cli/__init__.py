@@ -787,6 +787,24 @@ def export_events(state: _State, out: Path, eventlog_url: str | None) -> None:
     click.echo(f"{n} events written to {out}; add them to your events with `storerec import --append --events {out}`")
 
 
+@cli.command("sync-events", context_settings=CONTEXT_SETTINGS)
+@data_dir_option
+@click.option("--eventlog-url", default=None, help="Event log database (default: eventlog.url).")
+@click.option("--full", is_flag=True, help="Ignore the watermark and read the whole log (rows already in the table are skipped).")
+@click.pass_obj
+def sync_events(state: _State, data_dir: Path | None, eventlog_url: str | None, full: bool) -> None:
+    """Append the event log's new events to the data folder's events table: those above the
+    watermark in <data-dir>/sync-state.json (the log's own event id), converted as by
+    `storerec export-events`, rows already in the table skipped; the table is written atomically,
+    then the watermark. Safe to run twice and to re-run after a crash."""
+    from storerec.events.sync import sync_events as run_sync
+
+    summary = run_sync(state.data_dir(data_dir), eventlog_url or state.settings.eventlog.url, full=full)
+    for note in summary.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(summary.line())
+
+
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.pass_obj
 def config(state: _State) -> None:
