@@ -68,6 +68,7 @@ SEARCH_SPACES: dict[str, dict[str, list[Any]]] = {
     },
     "ease": {
         "regularization": [10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 20000.0],
+        "weighted_history": [True, False],  # repeat purchases summed into the scored history, or 0/1 (#13: Online Retail)
         "interactions.recency_half_life": [None, 2, 5, 10, 20, 50],
     },
     "itemknn": {
