@@ -25,6 +25,12 @@ if TYPE_CHECKING:
 __all__ = ["alive", "asgi_client", "descendants", "free_port", "rss_mb", "start", "stop", "write_config"]
 
 
+def small_store(data: Path) -> str:
+    """The ``[data]`` and ``[simulate]`` settings of the small store the end-to-end tests train on
+    (300 users, 200 items, 20,000 events in ``data``)."""
+    return f'[data]\ndir = "{data}"\n[simulate]\nn_users = 300\nn_items = 200\nn_events = 20000\n'
+
+
 def write_config(root: Path, store: Path, extra: str = "", eventlog: str = "") -> Path:
     """``root/storerec.toml`` on the store at ``store`` with a private MLflow store and event log
     under ``root``; ``eventlog`` adds lines to the ``[eventlog]`` section, ``extra`` more sections.

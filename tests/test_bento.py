@@ -21,7 +21,7 @@ from storerec.core.settings import load_settings
 from storerec.registry import tracking
 from storerec.registry.snapshot import EVENT_COLUMNS, read_snapshot
 from storerec.tools.serve_proc import wait_ready
-from tests._serve import free_port, stop
+from tests._serve import free_port, small_store, stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -34,12 +34,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     cfg = root / "storerec.toml"
     cfg.write_text(
         f"""
-[data]
-dir = "{root / 'data'}"
-[simulate]
-n_users = 300
-n_items = 200
-n_events = 20000
+{small_store(root / 'data')}
 [mlflow]
 tracking_uri = "sqlite:///{root / 'mlflow.db'}"
 artifact_root = "{root / 'artifacts'}"

@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from storerec.cli import main
 from storerec.registry import tracking
 from tests._pg import pg_available, pg_skip_reason, temp_database
-from tests._serve import free_port, start, stop
+from tests._serve import free_port, small_store, start, stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -106,12 +106,7 @@ def trained(server, tmp_path_factory: pytest.TempPathFactory) -> dict:
     cfg = root / "storerec.toml"
     cfg.write_text(  # no [mlflow] section: the registry is MLFLOW_TRACKING_URI
         f"""
-[data]
-dir = "{data}"
-[simulate]
-n_users = 300
-n_items = 200
-n_events = 20000
+{small_store(data)}
 [serving]
 control_url = "sqlite:///{root / 'control.db'}"
 [eventlog]

@@ -35,7 +35,7 @@ from storerec.cli import main
 from storerec.events.eventlog import read_frames
 from storerec.events.experiments import load_experiments
 from tests._pg import pg_available, pg_skip_reason, temp_database
-from tests._serve import start, stop
+from tests._serve import small_store, start, stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -102,12 +102,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     (root / "experiments.toml").write_text(EXPERIMENTS)
     with temp_database() as eventlog_url:
         trainer.write_text(f"""
-[data]
-dir = "{data}"
-[simulate]
-n_users = 300
-n_items = 200
-n_events = 20000
+{small_store(data)}
 {_registry(root)}
 [experiments]
 file = "{root / 'experiments.toml'}"

@@ -48,6 +48,7 @@ from storerec.evaluation.metrics import calc_metrics
 from storerec.evaluation.splitters import last_fraction_split, temporal_split
 from storerec.tools.bench import machine
 from storerec.tools.quality_data import CONVERTERS, DATASETS_DIR, available
+from storerec.training.pipeline import relevant_pairs as validation_pairs
 
 K = 10
 
@@ -87,11 +88,9 @@ def holdout(events: pl.DataFrame, how: str) -> tuple[pl.DataFrame, pl.DataFrame]
 
 
 def relevant_pairs(train: pl.DataFrame, test: pl.DataFrame, types: tuple[str, ...]) -> pl.DataFrame:
-    """Test pairs of relevant types on items new to a user the train part knows."""
-    seen = train.select(C.User, C.Item).unique()
-    known = train.select(C.User).unique()
-    return (test.filter(pl.col(C.EventType).is_in(list(types))).select(C.User, C.Item).unique(maintain_order=True)
-            .join(seen, on=[C.User, C.Item], how="anti").join(known, on=C.User, how="semi"))
+    """Test pairs of relevant types on items new to a user the train part knows (storerec's
+    validation rule, :func:`storerec.training.pipeline.relevant_pairs`, for warm users only)."""
+    return validation_pairs(train, test, types).join(train.select(C.User).unique(), on=C.User, how="semi")
 
 
 def score(reco: pl.DataFrame, relevant: pl.DataFrame, train: pl.DataFrame, n_items: int) -> dict[str, float]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -167,8 +168,12 @@ def _per_user(tables: Tables, cfg: TrainingSettings, shuffle: bool = False) -> S
 
 
 def _relevant(train: pl.DataFrame, test: pl.DataFrame, cfg: TrainingSettings) -> pl.DataFrame:
-    """Validation pairs: relevant event types on items new to the user."""
-    candidates = test.filter(pl.col(C.EventType).is_in(cfg.relevant_event_types)).select(C.User, C.Item).unique(maintain_order=True)
+    return relevant_pairs(train, test, cfg.relevant_event_types)
+
+
+def relevant_pairs(train: pl.DataFrame, test: pl.DataFrame, types: Sequence[str]) -> pl.DataFrame:
+    """Validation pairs: ``test`` events of ``types`` on items new to the user (distinct pairs)."""
+    candidates = test.filter(pl.col(C.EventType).is_in(list(types))).select(C.User, C.Item).unique(maintain_order=True)
     # only the validation users' train pairs: a hash table of those, not of every train pair
     seen = train.select(C.User, C.Item).join(candidates.select(C.User).unique(), on=C.User, how="semi")
     return candidates.join(seen, on=[C.User, C.Item], how="anti")
