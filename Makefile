@@ -21,7 +21,7 @@ B ?= challenger
 PYTEST_ARGS ?=
 
 .PHONY: help install lock run serve data features import-ml100k train tune evaluate promote models recommend-batch mlflow-ui \
-        simulate-traffic ab-report replay export-events sync-events \
+        simulate-traffic ab-report replay export-events sync-events retrain bench-live \
         lint test test-fast bench bench-offline bench-quality bench-ml100k bench-serve behaviour fuzz soak clean clean-data
 
 help:  ## list targets
@@ -57,7 +57,7 @@ import-ml100k: install  ## (re-)import MovieLens-100K from ../shared/data/ml-100
 train: install  ## train, evaluate, log and register one model: make train MODEL=als [ARGS='--param factors=128']
 	$(STOREREC) train --model $(MODEL) $(ARGS)
 
-tune: install  ## coordinate search from the defaults, one nested MLflow run per trial: make tune MODEL=als [TRIALS=30]
+tune: install  ## coordinate search, selected on an inner split of the train window, reported once on the validation window: make tune MODEL=als [TRIALS=30]
 	$(STOREREC) tune --model $(MODEL) --trials $(TRIALS) $(ARGS)
 
 evaluate: install  ## compare models on one split, raw and through the serving pipeline; report with charts in reports/ (ARGS="--models als,ease")
@@ -88,6 +88,12 @@ export-events: install  ## logged shopper events in the events table format (OUT
 
 sync-events: install  ## append the event log's new events to ./data's events table (watermark in data/sync-state.json; safe to re-run)
 	$(STOREREC) sync-events $(ARGS)
+
+bench-live: install  ## POST /track replay of the built-in store's last day: next-event hit rate live vs snapshot-only, p99 at concurrency 8 (docs/live.md)
+	$(STOREREC) live-replay $(ARGS)
+
+retrain: install  ## sync -> features -> train -> quality gate vs the champion -> promote or keep -> reload services (docs/retrain.md)
+	$(STOREREC) retrain $(ARGS)
 
 mlflow-ui: install  ## open the MLflow UI on the local store (http://127.0.0.1:5000)
 	$(STOREREC) mlflow-ui $(ARGS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
@@ -84,7 +85,9 @@ class Truth:
 @dataclass(frozen=True)
 class Shown:
     """One reason as served, and where: the list's user (None: lists for everyone), their kind,
-    the request's context items, the item page's item (similar / bought together lists)."""
+    the request's context items, the item page's item (similar / bought together lists), and
+    the shopper's tracked events (POST /track: (item, event type, time)) with the session
+    window (``live.context_hours``) they were served under."""
 
     reason: dict[str, Any]
     item_id: str
@@ -93,23 +96,61 @@ class Shown:
     context: tuple[str, ...] = ()
     page_item: str | None = None
     all_reasons: tuple[str, ...] = ()  # every code on the item
+    tracked: tuple[tuple[str, str, datetime], ...] = ()
+    session_hours: float = 24.0
 
     @property
     def evidence(self) -> dict[str, Any]:
         return self.reason["evidence"]
 
 
+SESSION_KINDS = {EventTypes.Cart: 2, EventTypes.Favorite: 1, EventTypes.View: 0}
+SESSION_TEXT = {EventTypes.View: "You viewed this", EventTypes.Cart: "You added this to your cart",
+                EventTypes.Favorite: "You added this to your favourites"}
+
+
+def session_events(s: Shown) -> dict[str, tuple[str, datetime]]:
+    """Re-derived from the tracked events: item -> its strongest (cart, favourite, view) event
+    within ``session_hours`` of the latest tracked event and not followed by a purchase of it."""
+    if not s.tracked:
+        return {}
+    latest = max(ts for _, _, ts in s.tracked)
+    out: dict[str, tuple[str, datetime]] = {}
+    for item, kind, ts in s.tracked:
+        if kind not in SESSION_KINDS or latest - ts > timedelta(hours=s.session_hours):
+            continue
+        if any(i == item and k == EventTypes.Purchase and t > ts for i, k, t in s.tracked):
+            continue
+        had = out.get(item)
+        if had is None or (SESSION_KINDS[kind], ts) > (SESSION_KINDS[had[0]], had[1]):
+            out[item] = (kind, ts)
+    return out
+
+
+def _in_your_session(t: Truth, s: Shown) -> None:
+    got = session_events(s).get(s.item_id)
+    assert got is not None, "the item is not in the shopper's session"
+    kind, ts = got
+    assert s.evidence == {"event_type": kind, "at": ts.isoformat().replace("+00:00", "Z")}
+    assert s.reason["text"] == SESSION_TEXT[kind]
+
+
 def _similar_to_context(t: Truth, s: Shown) -> None:
     src = s.evidence["item_id"]
+    assert src != s.item_id, "similar to itself"
     if s.page_item is not None:
         assert src == s.page_item and s.item_id in t.similar(src)
         return
-    assert src in s.context and s.item_id in t.similar(src)
+    assert src in s.context or src in session_events(s), src
+    assert s.item_id in t.similar(src)
+    if "which you looked at" in s.reason["text"]:
+        assert src in session_events(s)
 
 
 def _from_history(t: Truth, s: Shown, bought: bool) -> None:
     assert s.user_id is not None
     src = s.evidence["item_id"]
+    assert src != s.item_id, "because of itself"
     kinds = t.kinds(s.user_id, src)
     assert (EventTypes.Purchase in kinds) if bought else (kinds and EventTypes.Purchase not in kinds), kinds
     assert src in t.latest_items(s.user_id)
@@ -173,6 +214,7 @@ def _bought_together(t: Truth, s: Shown) -> None:
 
 
 CHECKS: dict[str, Callable[[Truth, Shown], None]] = {
+    "in_your_session": _in_your_session,
     "similar_to_context": _similar_to_context,
     "because_bought": lambda t, s: _from_history(t, s, bought=True),
     "because_viewed": lambda t, s: _from_history(t, s, bought=False),

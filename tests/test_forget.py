@@ -83,10 +83,22 @@ def test_forget_cleans_the_event_log(eventlog_url: str, tmp_path: Path) -> None:
         {"event_id": "e2", "ts": now, "request_id": "r-gone", "user_id": None, "session_id": "s", "item_id": "i2", "event_type": "purchase", "revenue": 9.0},
         {"event_id": "e3", "ts": now, "request_id": "r-kept", "user_id": "kept-1", "session_id": None, "item_id": "i1", "event_type": "click", "revenue": 0.0},
     ], 30)
+    log.store_behaviour_sync([  # tracked storefront events (POST /track)
+        {"event_id": "b1", "ts": now, "user_id": "gone-1", "session_id": None, "item_id": "i1", "event_type": "view"},
+        {"event_id": "b2", "ts": now, "user_id": "kept-1", "session_id": None, "item_id": "i2", "event_type": "cart"},
+    ], 30)
     log.close()
     data = tmp_path / "data"
     data.mkdir()
     assert main(["-q", "forget-user", "gone-1", "--data-dir", str(data), "--eventlog-url", eventlog_url]) == 0
+    import sqlalchemy as sa
+
+    from storerec.events.eventlog import behaviour, read_engine
+
+    engine = read_engine(eventlog_url)
+    with engine.connect() as conn:
+        assert [r.user_id for r in conn.execute(sa.select(behaviour.c.user_id))] == ["kept-1"]
+    engine.dispose()
     frames = read_frames(eventlog_url)
     assert frames["impressions"]["user_id"].to_list() == ["kept-1"]
     assert sorted(frames["feedback"]["event_id"].to_list()) == ["e3"]  # e2 was sent against the forgotten user's list
@@ -119,6 +131,9 @@ def test_service_forgets_after_reload_and_logs_no_ids(store: Path, tmp_path: Pat
         assert r.status_code == 200 and r.json()["user_kind"] == "hot"
         rid = r.json()["request_id"]
         assert c.post("/events", json={"events": [{"request_id": rid, "item_id": r.json()["items"][0]["item_id"], "event_type": "click"}]}).status_code == 200
+        viewed = r.json()["items"][1]["item_id"]  # a tracked view: in the overlay and the behaviour table
+        assert c.post("/track", json={"events": [{"user_id": gone, "item_id": viewed, "event_type": "view"}]}).status_code == 200
+        assert c.post("/recommend", json={"user_id": gone, "k": 5}).json()["live_context"] == 1
         # requests carrying ids, good and bad, to find in the log afterwards
         c.post("/recommend", json={"user_id": canary, "k": 3})
         c.post("/recommend", json={"user_id": canary, "k": "3"})
@@ -131,6 +146,7 @@ def test_service_forgets_after_reload_and_logs_no_ids(store: Path, tmp_path: Pat
         assert c.post("/admin/reload", json={}).status_code == 200
         r = c.post("/recommend", json={"user_id": gone, "k": 5})
         assert r.status_code == 200 and r.json()["user_kind"] == "cold", r.json()
+        assert r.json()["live_context"] == 0 and r.json()["source"] not in ("context", "model+context"), r.json()  # the overlay forgot them
         assert c.post("/score", json={"user_id": gone}).status_code == 404
         assert c.post("/recommend", json={"user_id": kept, "k": 5}).json()["user_kind"] == "hot"
 
@@ -140,6 +156,15 @@ def test_service_forgets_after_reload_and_logs_no_ids(store: Path, tmp_path: Pat
         settings = load_settings(cfg, environ={})
         frames = read_frames(settings.eventlog.url)
         assert gone not in frames["impressions"]["user_id"].to_list() and gone not in frames["feedback"]["user_id"].to_list()
+        import sqlalchemy as sa
+
+        from storerec.events.eventlog import behaviour, read_engine
+
+        engine = read_engine(settings.eventlog.url)
+        with engine.connect() as conn:
+            tracked_users = [u for (u,) in conn.execute(sa.select(behaviour.c.user_id))]
+        engine.dispose()
+        assert gone not in tracked_users
         assert rid not in frames["feedback"]["request_id"].to_list()
 
         # the registry: v1 still holds the user; a version trained now does not

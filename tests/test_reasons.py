@@ -21,6 +21,7 @@ from storerec.models.dataset import Dataset, IdMap, InteractionConfig, interacti
 from storerec.models.registry import get_model_class
 from storerec.ranking.ranker import Context, Filters, RankedItem, Ranker
 from storerec.ranking.reasons import REASONS, ReasonSpec
+from storerec.serving.live import LiveOverlay
 from tests._reasons import CHECKS, Shown, Truth, check_reason
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -126,7 +127,8 @@ def test_an_unknown_reason_code_fails_the_check() -> None:
 def test_registry_entries_are_complete(spec: ReasonSpec) -> None:
     assert spec.code and spec.when and spec.text and spec.evidence
     assert "{" not in spec.when, spec.when  # thresholds were filled in
-    fields = {name for text in (spec.text, spec.item_page_text or "") for _, name, _, _ in string.Formatter().parse(text) if name}
+    texts = (spec.text, spec.item_page_text or "", *(spec.text_by[1].values() if spec.text_by else ()))
+    fields = {name for text in texts for _, name, _, _ in string.Formatter().parse(text) if name}
     assert fields <= set(spec.evidence) | {"name"}, (spec.code, fields)
     assert spec.decide is not None or spec.code == "bought_together"  # attached by the item page only
 
@@ -135,6 +137,30 @@ def test_fallbacks_come_last_and_recommended_always_holds() -> None:
     order = [s.fallback for s in REASONS.values() if s.decide is not None]
     assert order == sorted(order), "fallback reasons come after the regular ones"
     assert [s.code for s in REASONS.values() if s.fallback][-1] == "recommended"
+
+
+def _tracked(user: str, u: int) -> list[tuple[str, str, datetime]]:
+    """Tracked events (POST /track) of a shopper after the snapshot: views, a cart and a favourite
+    in the session (some of items in their history), an item viewed then bought, and a view
+    older than the session window."""
+    t = T0 + timedelta(days=1)
+    base = (u % len(CATS)) * PER_CAT
+    return [
+        (f"i{base + 30 % PER_CAT}", "view", t - timedelta(hours=30)),  # before the session: history
+        (f"i{base + 1}", "view", t), (f"i{base + 2}", "view", t + timedelta(minutes=2)),
+        (f"i{base + 2}", "cart", t + timedelta(minutes=3)), (f"i{base + 2}", "view", t + timedelta(minutes=4)),
+        (f"i{base + 3}", "favorite", t + timedelta(minutes=5)), (f"i{(base + 47) % N_ITEMS}", "view", t + timedelta(minutes=6)),
+        (f"i{base + 4}", "view", t + timedelta(minutes=7)), (f"i{base + 4}", "purchase", t + timedelta(minutes=8)),
+        (f"i{base + 6}", "view", t + timedelta(minutes=9)),
+    ]
+
+
+def _session_context(user: str, tracked: list[tuple[str, str, datetime]], now: datetime) -> tuple[Context, tuple[str, ...]]:
+    """The Context and the left-out items the service builds from the live overlay (serving/service.py)."""
+    live = LiveOverlay(context_items=3, context_hours=24)
+    live.record({"user_id": user, "session_id": None, "item_id": i, "event_type": k, "ts": ts} for i, k, ts in tracked)
+    view = live.view([user], now)
+    return Context("home", (), (), view.recent, view.session), tuple(dict.fromkeys([*view.older(), *view.purchased]))
 
 
 def _served_reasons(name: str, store: dict[str, pl.DataFrame]) -> set[str]:
@@ -159,6 +185,11 @@ def _served_reasons(name: str, store: dict[str, pl.DataFrame]) -> set[str]:
             for filters in (Filters(), Filters(exclude_seen=False, exclude_purchased=False)):
                 result = ranker.rank(user, 10, ctx, filters)
                 check(result.items, user_id=user, user_kind=result.user_kind, context=ctx.item_ids + ctx.recent_item_ids)
+        tracked = _tracked(user, j)
+        session, older = _session_context(user, tracked, T0 + timedelta(days=2))
+        for filters in (Filters(exclude_item_ids=older), Filters(exclude_seen=False, exclude_purchased=False)):
+            result = ranker.rank(user, 20, session, filters)
+            check(result.items, user_id=user, user_kind=result.user_kind, tracked=tuple(tracked))
         similar, together = ranker.similar(f"i{j * 7 % N_ITEMS}", 5)
         check(similar + together, page_item=f"i{j * 7 % N_ITEMS}")
     for category in (None, "Home", "Sports > Run"):
@@ -171,3 +202,37 @@ def _served_reasons(name: str, store: dict[str, pl.DataFrame]) -> set[str]:
 def test_every_served_reason_is_true(store: dict[str, pl.DataFrame]) -> None:
     seen = set().union(*(_served_reasons(name, store) for name in MODELS))
     assert seen == set(REASONS), f"never served: {set(REASONS) - seen}"
+
+
+def test_the_session_stays_eligible_with_its_own_reason(store: dict[str, pl.DataFrame]) -> None:
+    """Items the shopper viewed, carted or favourited in their tracked session stay candidates
+    under the default filters, even those in the model's history (the session is their current
+    interest), and say so; a bought one and one older than the session do not come back; page
+    items stay left out; no session item is "similar to" itself."""
+    model = _fit("itemknn", store)
+    ranker = Ranker(model, store["items"], store["profiles"], store["events"])
+    user = "u0"
+    history = store["events"].filter(pl.col("user_id") == user)["item_id"].unique().sort().to_list()
+    t = T0 + timedelta(days=1)
+    in_stock = set(store["items"].filter(pl.col("in_stock"))["item_id"])
+    viewed = [i for i in history if i in in_stock][:3]
+    older = next(i for i in history if i in in_stock and i not in viewed)
+    bought = next(f"i{k}" for k in range(PER_CAT) if f"i{k}" in in_stock and f"i{k}" not in history and f"i{k}" not in viewed)
+    tracked = [(older, "view", t - timedelta(hours=30)), (bought, "view", t), (bought, "purchase", t + timedelta(minutes=1))]
+    tracked += [(i, "cart" if n == 0 else "view", t + timedelta(minutes=2 + n)) for n, i in enumerate(viewed)]
+    session, left_out = _session_context(user, tracked, t + timedelta(hours=1))
+    assert set(session.session_events or {}) == set(viewed) and set(left_out) == {older, bought}
+    result = ranker.rank(user, N_ITEMS, session, Filters(exclude_item_ids=left_out))
+    shown = {it.item_id: it for it in result.items}
+    assert set(viewed) <= set(shown) and not {older, bought} & set(shown)
+    for n, i in enumerate(viewed):
+        own = [r for r in shown[i].reasons if r["code"] == "in_your_session"]
+        assert own == [{"code": "in_your_session", "text": "You added this to your cart" if n == 0 else "You viewed this",
+                        "evidence": {"event_type": "cart" if n == 0 else "view",
+                                     "at": (t + timedelta(minutes=2 + n)).isoformat().replace("+00:00", "Z")}}]
+        assert all(r["evidence"].get("item_id") != i for r in shown[i].reasons), shown[i].reasons
+    # the page's item is left out even when it is a session item
+    on_page = Context("product", (viewed[0],), (), session.session_item_ids, session.session_events)
+    assert viewed[0] not in {it.item_id for it in ranker.rank(user, N_ITEMS, on_page, Filters(exclude_item_ids=left_out)).items}
+    # without the session, the model's history is left out as before
+    assert not set(viewed) & {it.item_id for it in ranker.rank(user, N_ITEMS).items}

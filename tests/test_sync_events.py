@@ -12,6 +12,9 @@ from storerec.cli import main
 from storerec.core.schema import EVENTS_SCHEMA
 from storerec.events import sync
 from storerec.events.eventlog import EventLog, safe_url, upgrade
+from storerec.events.eventlog import _alembic_config as _alembic
+from storerec.events.eventlog import feedback as sa_feedback
+from storerec.events.eventlog import make_engine as el_make_engine
 from storerec.features.io import table_path, write_tables
 
 T0 = datetime(2026, 11, 2, 12, tzinfo=UTC)
@@ -188,3 +191,89 @@ def test_bad_states_are_clear_errors_with_exit_2(tmp_path: Path, url: str, capsy
     (data / sync.STATE_FILE).write_text("{not json")
     assert main(["-q", "sync-events", "--data-dir", str(data), "--eventlog-url", url]) == 2
     assert "is not a sync state" in capsys.readouterr().err
+
+
+def _track(url: str, *events: tuple[str | None, str, str, datetime, int, float | None]) -> None:
+    """Store behaviour events (user, item, type, ts, quantity, price) as POST /track does."""
+    log = EventLog(url, flush_ms=5)
+    try:
+        rows = [
+            {"event_id": None, "ts": ts, "user_id": u, "session_id": "s9", "item_id": i, "event_type": t, "quantity": q, "price": p}
+            for u, i, t, ts, q, p in events
+        ]
+        assert log.store_behaviour_sync(rows, 30) == len(rows)
+    finally:
+        log.close()
+
+
+def _behaviour_watermark(data: Path, url: str) -> int:
+    return json.loads((data / sync.STATE_FILE).read_text())["logs"][safe_url(url)]["behaviour"]["last_id"]
+
+
+def test_behaviour_events_are_appended_with_quantity_and_price_on_their_own_watermark(tmp_path: Path, eventlog_url: str) -> None:
+    """Tracked events (POST /track) go into the events table as they were sent (type, quantity,
+    unit price; anonymous shoppers as anonymous:<session>), beside list feedback, each table
+    with its own watermark; twice gives the same table; SQLite and (slow tier) PostgreSQL."""
+    url = eventlog_url
+    upgrade(url)
+    data = _data(tmp_path)
+    _log(url, ("u1", "i1", "click", T0))
+    _track(url, ("u1", "i2", "view", T0, 1, None), ("u1", "i2", "purchase", T0 + timedelta(minutes=3), 3, 4.25),
+           (None, "i1", "favorite", T0, 1, None))
+    s = sync.sync_events(data, url)
+    assert (s.read, s.read_behaviour, s.appended, s.already_present) == (1, 3, 4, 0)
+    assert "and 3 behaviour event(s) (id > 0)" in s.line() and "behaviour 3" in s.line()
+    df = _table(data)
+    assert df.schema == pl.Schema(EVENTS_SCHEMA) and df.height == 2 + 4
+    bought = df.filter((pl.col("user_id") == "u1") & (pl.col("event_type") == "purchase")).row(0, named=True)
+    assert (bought["item_id"], bought["quantity"], bought["price"], bought["value"], bought["session_id"]) == ("i2", 3, 4.25, None, "s9")
+    assert df.filter(pl.col("user_id") == "anonymous:s9")["event_type"].to_list() == ["favorite"]
+    assert _behaviour_watermark(data, url) >= 3 and _watermark(data, url) >= 1
+
+    before = (data / "events.parquet").read_bytes()
+    again = sync.sync_events(data, url)
+    assert (again.read, again.read_behaviour, again.appended) == (0, 0, 0)
+    assert (data / "events.parquet").read_bytes() == before
+
+    _track(url, ("u7", "i1", "cart", T0 - timedelta(days=1), 2, None))  # late, dated before everything synced
+    late = sync.sync_events(data, url)
+    assert (late.read, late.read_behaviour, late.appended) == (0, 1, 1) and late.behaviour_watermark > s.behaviour_watermark
+    assert _table(data).filter(pl.col("user_id") == "u7")["quantity"].to_list() == [2]
+    # from scratch, one sync of everything gives the same rows
+    fresh = _data(tmp_path / "fresh")
+    sync.sync_events(fresh, url)
+    assert _table(fresh).sort(pl.all()).equals(_table(data).sort(pl.all()))
+
+
+def test_a_crash_before_the_watermarks_duplicates_no_behaviour(tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _data(tmp_path)
+    _track(url, ("u1", "i1", "view", T0, 1, None), ("u1", "i1", "purchase", T0 + timedelta(minutes=1), 1, 2.0))
+
+    def die(*_a: object) -> None:
+        raise KeyboardInterrupt("killed after the table, before the watermark")
+
+    monkeypatch.setattr(sync, "write_state", die)
+    with pytest.raises(KeyboardInterrupt):
+        sync.sync_events(data, url)
+    monkeypatch.undo()
+    s = sync.sync_events(data, url)
+    assert (s.read_behaviour, s.appended, s.already_present, s.behaviour_watermark) == (2, 0, 2, 2)
+    assert _table(data).height == 4
+
+
+def test_a_log_at_revision_0001_syncs_its_feedback(tmp_path: Path) -> None:
+    """An event log not upgraded yet (no behaviour table) is read as before."""
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = el_make_engine(url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(_alembic(conn), "0001")
+            conn.execute(sa_feedback.insert(), [{"event_id": None, "ts": T0, "request_id": "r", "user_id": "u1", "session_id": "s",
+                                                 "item_id": "i1", "event_type": "click", "revenue": 0.0}])
+    finally:
+        engine.dispose()
+    data = _data(tmp_path)
+    s = sync.sync_events(data, url)
+    assert (s.read, s.read_behaviour, s.appended) == (1, 0, 1)

@@ -3,6 +3,7 @@ simulated store with a private SQLite tracking store."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 from pathlib import Path
 
@@ -153,17 +154,41 @@ def test_recommend_batch_for_everyone_as_csv(env, capsys, tmp_path) -> None:
     assert "--users" not in line and "--out recs.csv" in line
 
 
-def test_tune_logs_nested_trials(env, capsys) -> None:
+def test_tune_selects_on_the_inner_window_and_reports_the_outer_once(env, capsys) -> None:
+    """#15 item 5: trials are scored on an inner split of the train window (selection); the
+    chosen setting is fitted on the whole train window and reported once on the outer validation
+    window; the output and the MLflow run say which window each figure comes from."""
+    from storerec.training.pipeline import Tables, make_split, train_and_evaluate
+    from storerec.training.tune import inner_split
+
     assert run(env, "tune", "--model", "als", "--trials", "2") == 0
     out = capsys.readouterr().out
-    assert "als: 2 trials, best ndcg@10=" in out
+    lines = out.splitlines()
+    assert lines[0].startswith("als: 2 trials scored on the inner validation window (last_fraction: each user's last 20% of the train "
+                               "window; selection), best ndcg@10="), out
+    assert lines[1].startswith("  estimate on the outer validation window (last_fraction: each user's last 20%; the chosen setting "
+                               "fitted on the whole train window, evaluated once): ndcg@10="), out
     parent_id = out.split("parent run ")[1].split()[0]
     c = client(env)
     exp = c.get_experiment_by_name("storerec")
     children = c.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
-    assert len(children) == 2 and all("ndcg_at_10" in r.data.metrics for r in children)
+    assert len(children) == 2 and all("ndcg_at_10" in r.data.metrics and r.data.tags["window"] == "inner (selection)" for r in children)
+    parent = c.get_run(parent_id)
     best = max(r.data.metrics["ndcg_at_10"] for r in children)
-    assert c.get_run(parent_id).data.metrics["best_ndcg_at_10"] == pytest.approx(best)
+    assert parent.data.metrics["inner_best_ndcg_at_10"] == pytest.approx(best)
+    assert parent.data.tags["tune.selection_window"].startswith("inner: ") and parent.data.tags["tune.estimate_window"].startswith("outer: ")
+    # the figures are what they say: the best trial's score is the inner window's, the estimate the outer's
+    settings = load_settings(env["cfg"], environ={})
+    tables = Tables.load(env["data"])
+    outer = make_split(tables, settings.training)
+    inner_tables, inner = inner_split(settings, tables, outer)
+    chosen = lines[0].split(" with ", 1)[1]
+    typed = {} if chosen == "defaults" else ast.literal_eval(chosen)
+    assert {f"best.{key}" for key in typed} == {key for key in parent.data.params if key.startswith("best.")}
+    assert train_and_evaluate(settings, inner_tables, inner, "als", typed).metrics["ndcg@10"] == pytest.approx(best)
+    estimate = train_and_evaluate(settings, tables, outer, "als", typed).metrics["ndcg@10"]
+    assert parent.data.metrics["outer_ndcg_at_10"] == pytest.approx(estimate)
+    assert f"ndcg@10={estimate:.4f}" in lines[1]
 
 
 def test_evaluate_writes_and_logs_a_report(env, capsys, tmp_path) -> None:
@@ -214,11 +239,44 @@ def test_run_chain_promotes_the_best(env, capsys) -> None:
     score = lambda v: c.get_run(v.run_id).data.metrics["ndcg_at_10"]
     model = lambda v: c.get_run(v.run_id).data.params["model"]
     line = next(ln for ln in out.splitlines() if ln.startswith("champion:"))
-    if "beyond chance" in line:  # the best by NDCG, separated from the rest
+    if "older window" in line:  # tied on the validation window: decided on it and older windows pooled
+        assert "the validation window cannot separate" in line and ("beyond chance" in line or "training.model_prior" in line), line
+    elif "beyond chance" in line:  # the best by NDCG, separated from the rest
         assert score(champ) >= score(chall), line
     elif "previous champion's model" in line:  # tied with the model that was champion (earlier tests promoted one)
         assert "cannot separate" in line and f"previous champion's model ({model(champ)})" in line, line
-    else:  # tied, no champion among them: the prior's first among the tied
+    else:  # tied, no champion among them, no older window to compare on: the prior's first among the tied
         assert "cannot separate" in line and "training.model_prior" in line, line
         prior = ["als", "ease", "lightfm", "itemknn", "bpr", "popularity"]
         assert prior.index(model(champ)) < prior.index(model(chall)), line
+
+
+def test_a_tie_is_decided_on_older_windows_pooled(env) -> None:
+    """#13 item 8: candidates the validation window cannot separate are fitted again on an older
+    window (before the searches' inner window) and compared on both windows' users pooled; the
+    decision equals pick_champion on those pooled scores, recomputed here independently."""
+    import numpy as np
+
+    from storerec.core.progress import Progress
+    from storerec.evaluation.significance import pick_champion
+    from storerec.training.chain import _older_windows
+    from storerec.training.pipeline import Tables, make_split, train_and_evaluate
+    from storerec.training.tune import inner_split
+
+    settings = load_settings(env["cfg"], environ={})
+    tables = Tables.load(env["data"])
+    split = make_split(tables, settings.training)
+    val = {m: train_and_evaluate(settings, tables, split, m).per_user["ndcg"].to_numpy() for m in ("popularity", "als")}
+    forced = pick_champion(val, ["als", "popularity"], z=1e6)  # an interval wide enough to tie anything
+    assert set(forced.tied) == {"popularity", "als"}
+    got = _older_windows(settings, tables, split, forced, val, {}, None, Progress("test", quiet=True))
+
+    t1, s1 = inner_split(settings, tables, split)  # the searches' window: skipped
+    t2, s2 = inner_split(settings, t1, s1)  # the older window the tie is decided on
+    old = {m: train_and_evaluate(settings, t2, s2, m).per_user["ndcg"].to_numpy() for m in ("popularity", "als")}
+    pooled = {m: np.concatenate([val[m], old[m]]) for m in val}
+    want = pick_champion(pooled, settings.training.model_prior)
+    assert got.champion == want.champion and got.tied == want.tied
+    assert [d.mean for d in got.differences] == pytest.approx([d.mean for d in want.differences])
+    assert got.differences[0].n_users == len(val["als"]) + len(old["als"]) > len(val["als"])
+    assert "older window(s) cut before" in got.reason and f"{s2.as_of:%Y-%m-%d}" in got.reason

@@ -248,6 +248,34 @@ def run(state: _State, no_train: bool, data_dir: Path | None) -> None:
         click.echo("next: `storerec serve` (or `make serve`) starts the HTTP service on the champion")
 
 
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@data_dir_option
+@click.pass_obj
+def retrain(state: _State, data_dir: Path | None) -> None:
+    """Unattended retraining (docs/retrain.md): sync the event log's new events -> features ->
+    train training.run_models (automatic search) -> evaluate them and the champion (refit with its
+    registered parameters on the same train window) on the newest validation window -> quality
+    gate (NDCG@k not worse beyond a paired bootstrap CI, coverage and diversity within
+    retrain.*_tolerance) -> promote, or register the candidate as challenger and say why ->
+    POST /admin/reload on retrain.reload_urls. Evidence in the MLflow run retrain-<time>.
+
+    Exit status: 0 promoted or kept by the gate; 1 promoted but a reload failed; 2 error;
+    3 another retrain is running or the champion alias moved meanwhile (nothing promoted).
+    """
+    from storerec.core.progress import Progress
+    from storerec.training.retrain import EXIT_CONFLICT, RetrainConflict
+    from storerec.training.retrain import retrain as run_retrain
+
+    try:
+        outcome = run_retrain(state.settings, state.data_dir(data_dir), Progress("retrain", quiet=state.quiet))
+    except RetrainConflict as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(EXIT_CONFLICT) from None
+    click.echo(outcome.render())
+    if outcome.exit_code:
+        raise SystemExit(outcome.exit_code)
+
+
 model_option = click.option(
     "--model", "model", required=True, help="Model: popularity, itemknn, als, bpr, lightfm, ease."
 )
@@ -291,11 +319,15 @@ def train(state: _State, model: str, params: tuple[str, ...], no_register: bool,
 @click.pass_obj
 def tune(state: _State, model: str, trials: int, random_search: bool, grid: bool, seed: int, register: bool,
          data_dir: Path | None) -> None:
-    """Search a model's main hyperparameters; best by NDCG@k on the validation window.
+    """Search a model's main hyperparameters: select by NDCG@k on an inner validation window cut
+    from the train window, then report the chosen setting once on the outer validation window.
 
     Coordinate search from the configured defaults: one parameter at a time, each value tried with
-    the others at the best so far, passes repeated until one brings no gain. One MLflow parent run
-    per search and a nested run per trial.
+    the others at the best so far, passes repeated until one brings no gain. Every trial is fitted
+    on the inner train window and scored on the inner validation window (selection); the best is
+    fitted on the whole train window and evaluated once on the outer validation window (the
+    estimate, free of the selection's optimism). One MLflow parent run per search (metrics
+    inner_best_* and outer_*) and a nested run per trial.
     """
     from storerec.core.progress import Progress
     from storerec.training.tune import run_tuning
@@ -803,6 +835,24 @@ def sync_events(state: _State, data_dir: Path | None, eventlog_url: str | None, 
     for note in summary.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(summary.line())
+
+
+@cli.command("live-replay", context_settings=CONTEXT_SETTINGS)
+@click.option("--out", type=FOLDER, default=Path("bench-out/live"), show_default=True, help="Scratch folder (store, registry, logs, live-replay.json).")
+@click.option("--source", type=FOLDER, default=None, help="Data folder to replay (default: the built-in store, simulated under --out).")
+@click.option("--k", type=int, default=10, show_default=True, help="List length (hit rate@k).")
+@click.option("--repeats", type=int, default=3, show_default=True, help="Load rounds per service (the median is reported).")
+@click.option("--duration", type=float, default=10.0, show_default=True, help="Seconds measured per load round.")
+@click.option("--asks/--no-asks", default=True, show_default=True, help="--no-asks: track the day in batches and measure the load only.")
+@click.pass_obj
+def live_replay(state: _State, out: Path, source: Path | None, k: int, repeats: int, duration: float, asks: bool) -> None:
+    """Do lists react to POST /track? Hold out the last day, train on the rest, replay the day
+    through a live service and a snapshot-only one, and compare next-cart/purchase hit rate@k;
+    then /recommend p99 at concurrency 8 with the overlay full (storerec/tools/live_replay.py)."""
+    from storerec.tools.live_replay import live_replay as run_replay
+    from storerec.tools.live_replay import to_markdown
+
+    click.echo(to_markdown(run_replay(out, source=source, k=k, repeats=repeats, duration=duration, asks=asks, quiet=state.quiet)))
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

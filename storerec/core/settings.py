@@ -212,11 +212,23 @@ class TrainingSettings(ConfigModel):
     refit_full: bool = Field(
         True, description="After evaluating on the split, refit on all data for the registered version."
     )
+    tie_windows: int = Field(
+        1, ge=0, le=5,
+        description="When the validation window cannot separate the best candidates (95% CI of the per-user NDCG "
+        "difference includes 0) and the previous champion's model is not among them, `storerec run` scores the tied "
+        "candidates on this many older windows (cut before the searches' inner window, so no choice was made on them) "
+        "and compares them on all windows' users pooled. 0: no extra fits.",
+    )
+    tie_break: Literal["prior", "mean"] = Field(
+        "prior",
+        description="Still tied (after tie_windows): keep the previous champion's model if it is among them, else crown "
+        "'prior' the first tied model in model_prior, or 'mean' the tied personalised model with the best mean (popularity "
+        "only when no personalised model is tied with it). On UCI Online Retail 'mean' crowned a LightFM that scored 0.074 "
+        "on the held-out month against ALS's 0.097 (docs/benchmarks.md): a lead inside the noise is noise.",
+    )
     model_prior: list[str] = Field(
         default_factory=lambda: ["als", "ease", "lightfm", "itemknn", "bpr", "popularity"],
-        description="Model names, strongest first: when the validation data cannot separate the best candidates "
-        "(95% CI of the per-user NDCG difference includes 0), `storerec run` keeps the previous champion's model if it "
-        "is among them, else crowns the first of them in this order.",
+        description="Model names, strongest first: the order tie_break = 'prior' crowns tied candidates in.",
     )
     run_models: list[str] = Field(
         default_factory=lambda: ["popularity", "als", "lightfm", "ease"],
@@ -291,7 +303,7 @@ class EventLogSettings(ConfigModel):
     enabled: bool = Field(True, description="Log impressions and accept POST /events.")
     url: str = Field("sqlite:///eventlog/events.db", description="SQLAlchemy URL of the event log (SQLite in WAL mode by default).")
     max_event_age_days: float = Field(
-        30.0, gt=0, description="POST /events refuses events older than this (import old history with `storerec import`)."
+        30.0, gt=0, description="POST /events and POST /track refuse events older than this (import old history with `storerec import`)."
     )
     flush_ms: int = Field(
         200, ge=1, le=10_000,
@@ -318,11 +330,62 @@ class EventLogSettings(ConfigModel):
     )
 
 
+class LiveSettings(ConfigModel):
+    """The service's live overlay: behaviour events (POST /track) since the serving snapshot change
+    a shopper's next list without retraining (serving/live.py, docs/live.md)."""
+
+    enabled: bool = Field(True, description="Apply tracked events to the next lists (purchases left out, views and carts as session context).")
+    context_items: int = Field(5, ge=0, le=50, description="Latest viewed/carted/favourited items used as session context (0: none).")
+    context_hours: float = Field(
+        24.0, gt=0, description="Only events within this many hours of the shopper's latest tracked event are session context."
+    )
+    session_items_eligible: bool = Field(
+        True,
+        description="Items the shopper viewed, carted or favourited in the current session (within context_hours of their latest "
+        "tracked event, not bought since) stay in their lists under filters.exclude_seen, with an in_your_session reason: the "
+        "session is their current interest, not their history (about half of next carts are of an item just viewed, docs/live.md). "
+        "Older tracked items count as seen either way; false: every tracked item counts as seen.",
+    )
+    max_users: int = Field(200_000, ge=1, description="Shoppers kept in memory per worker (least recently active go first).")
+    max_events_per_user: int = Field(100, ge=1, description="Latest tracked events kept per shopper.")
+    rebuild_max_rows: int = Field(1_000_000, ge=0, description="At start, at most this many of the newest behaviour rows since the snapshot are read back.")
+    poll_ms: int = Field(
+        500, ge=0, le=60_000,
+        description="Each worker reads the behaviour rows other workers and replicas stored this often (0: only its own POST /track).",
+    )
+
+
 class FrequencyCapSettings(ConfigModel):
     enabled: bool = Field(False, description="Hold back items shown too often without interaction (off by default).")
     max_impressions: int = Field(3, ge=1, description="Impressions of one item to one user within the window ...")
     window_hours: float = Field(24.0, gt=0, description="... without a click, cart or purchase ...")
     hold_hours: float = Field(72.0, gt=0, description="... hold the item back this long after the last of them.")
+
+
+class RetrainSettings(ConfigModel):
+    """`storerec retrain` (docs/retrain.md): sync -> features -> train -> gate -> promote -> reload."""
+
+    sync: bool = Field(True, description="Append the event log's new events first (as `storerec sync-events`); skipped with a note "
+                       "when eventlog.enabled is off or a SQLite log does not exist yet.")
+    bootstrap_samples: int = Field(2000, ge=100, le=100_000, description="Resamples of the validation users for the gate's confidence intervals.")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Two-sided confidence level of the gate's bootstrap intervals.")
+    seed: int = Field(0, description="Seed of the bootstrap resampling (the same data and seed give the same intervals).")
+    coverage_tolerance: float = Field(
+        0.10, ge=0, le=1,
+        description="Most relative drop of catalogue coverage@k a candidate may have against the champion (0.10: at least 90 % of it).",
+    )
+    diversity_tolerance: float = Field(
+        0.05, ge=0, le=1,
+        description="Most relative drop of intra-list diversity@k a candidate may have against the champion (0.05: at least 95 % of it).",
+    )
+    reload_urls: list[str] = Field(
+        default_factory=list,
+        description="Base URLs of running services (e.g. http://127.0.0.1:3000) sent POST /admin/reload with serving.admin_token "
+        "after a promotion; services also pick the new champion up within serving.alias_poll_s.",
+    )
+    reload_timeout_s: float = Field(
+        90.0, gt=0, le=3600, description="How long one reload call may take (the service waits up to serving.reload_wait_s for its workers)."
+    )
 
 
 class Settings(ConfigModel):
@@ -336,6 +399,8 @@ class Settings(ConfigModel):
     experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
     eventlog: EventLogSettings = Field(default_factory=EventLogSettings)
     frequency_cap: FrequencyCapSettings = Field(default_factory=FrequencyCapSettings)
+    live: LiveSettings = Field(default_factory=LiveSettings)
+    retrain: RetrainSettings = Field(default_factory=RetrainSettings)
 
     def registered_model_name(self) -> str:
         """The MLflow registered model in force: ``mlflow.registered_model`` when set, else

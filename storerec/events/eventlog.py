@@ -14,8 +14,10 @@ queues in batches (group commit).
   One commit (an ``fsync`` on SQLite) costs about a millisecond of CPU here, so the interval
   sets what logging costs per request: measured 37 us per impression at 50 ms batches (1,000
   lists/s) and about a third of that at the default 200 ms.
-* Feedback (``POST /events``) wakes the writer at once; :meth:`EventLog.store_feedback` returns
-  only **after** its rows are committed, so an acknowledged event is never lost. Rows carrying an
+* Feedback (``POST /events``) and behaviour events (``POST /track``: views, carts, purchases,
+  favourites not tied to a served list) wake the writer at once; :meth:`EventLog.store_feedback`
+  and :meth:`EventLog.store_behaviour` return only **after** their rows are committed, so an
+  acknowledged event is never lost. Rows carrying an
   ``event_id`` already stored are skipped (``INSERT ... ON CONFLICT (event_id) DO NOTHING``, also
   across processes), and the count returned is what this request really added.
 
@@ -86,6 +88,20 @@ feedback = sa.Table(
     sa.Column("item_id", sa.String(200), nullable=False),
     sa.Column("event_type", sa.String(20), nullable=False),
     sa.Column("revenue", sa.Float, nullable=False, default=0.0),
+)
+
+behaviour = sa.Table(
+    "behaviour",  # storefront events not tied to a served list (POST /track); revision 0002
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),  # sync-events' watermark, as feedback.id
+    sa.Column("event_id", sa.String(100), unique=True),  # optional client id: retries are stored once
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("user_id", sa.String(200), index=True),
+    sa.Column("session_id", sa.String(200)),
+    sa.Column("item_id", sa.String(200), nullable=False),
+    sa.Column("event_type", sa.String(20), nullable=False),
+    sa.Column("quantity", sa.Integer, nullable=False, default=1),
+    sa.Column("price", sa.Float),  # unit price paid; purchases only
 )
 
 # The tables of revision 0001, i.e. what ``metadata.create_all`` made before migrations existed:
@@ -424,17 +440,18 @@ PENDING, WRITING, DONE, FAILED, ABANDONED = "pending", "writing", "done", "faile
 
 
 class _Ticket:
-    """One request's feedback rows on their way to the database.
+    """One request's feedback (or behaviour) rows on their way to the database.
 
     ``pending`` -> ``writing`` (claimed by the writer) -> ``done`` | ``failed`` (rows rejected);
     ``pending`` -> ``abandoned`` (the request gave up: never written). A failed write attempt puts
     ``writing`` tickets back to ``pending``, or to ``abandoned`` when the request gave up
     meanwhile (``give_up``). Transitions happen under :attr:`EventLog._lock`."""
 
-    __slots__ = ("rows", "state", "stored", "error", "give_up", "notify")
+    __slots__ = ("rows", "table", "state", "stored", "error", "give_up", "notify")
 
-    def __init__(self, rows: list[dict[str, Any]], notify: Callable[[], None]) -> None:
+    def __init__(self, rows: list[dict[str, Any]], notify: Callable[[], None], table: sa.Table | None = None) -> None:
         self.rows = rows
+        self.table = feedback if table is None else table  # feedback or behaviour
         self.state = PENDING
         self.stored = 0
         self.error: EventLogUnavailable | None = None
@@ -544,6 +561,20 @@ class EventLog:
                 self._dropped += 1
 
     async def store_feedback(self, rows: list[dict[str, Any]], timeout_s: float) -> int:
+        """Store feedback rows (:meth:`_store`)."""
+        return await self._store(rows, timeout_s, feedback)
+
+    async def store_behaviour(self, rows: list[dict[str, Any]], timeout_s: float) -> int:
+        """Store behaviour rows (``behaviour`` columns but ``id``: ``event_id``, ``ts``,
+        ``user_id``, ``session_id``, ``item_id``, ``event_type``, ``quantity``, ``price``) with
+        the guarantees of :meth:`store_feedback`: same writer, same transactions, same answers."""
+        return await self._store(rows, timeout_s, behaviour)
+
+    def store_behaviour_sync(self, rows: list[dict[str, Any]], timeout_s: float) -> int:
+        """:meth:`store_behaviour` for threads (tests, command line): blocks the caller."""
+        return self.store_feedback_sync(rows, timeout_s, table=behaviour)
+
+    async def _store(self, rows: list[dict[str, Any]], timeout_s: float, table: sa.Table) -> int:
         """Store feedback rows (``feedback`` columns but ``id``); returns how many were newly
         stored (rows whose ``event_id`` is already stored, or earlier in this batch, are not).
 
@@ -561,7 +592,7 @@ class EventLog:
         def notify() -> None:
             loop.call_soon_threadsafe(_resolve, done)
 
-        ticket = self._submit(_Ticket(rows, notify))
+        ticket = self._submit(_Ticket(rows, notify, table))
         try:
             try:
                 await asyncio.wait_for(asyncio.shield(done), timeout_s)
@@ -573,12 +604,12 @@ class EventLog:
             raise
         return self._outcome(ticket)
 
-    def store_feedback_sync(self, rows: list[dict[str, Any]], timeout_s: float) -> int:
+    def store_feedback_sync(self, rows: list[dict[str, Any]], timeout_s: float, *, table: sa.Table | None = None) -> int:
         """:meth:`store_feedback` for threads (tests, command line): blocks the caller."""
         if not rows:
             return 0
         done = threading.Event()
-        ticket = self._submit(_Ticket(rows, done.set))
+        ticket = self._submit(_Ticket(rows, done.set, table))
         if not done.wait(timeout_s) and self._give_up(ticket, timeout_s) == WRITING:
             done.wait()
         return self._outcome(ticket)
@@ -837,13 +868,15 @@ class EventLog:
                 n_imp = _delete_chunk(conn, impressions, impressions.c.request_id, self._prune_cutoff)
             with self.engine.begin() as conn:
                 n_fb = _delete_chunk(conn, feedback, feedback.c.id, self._prune_cutoff)
+            with self.engine.begin() as conn:
+                n_fb += _delete_chunk(conn, behaviour, behaviour.c.id, self._prune_cutoff)
         except Exception as exc:
             log.warning("event log: pruning rows older than %g days failed (%s); trying again in a minute", self.retention_days, error_line(exc))
             self._prune_cutoff, self._prune_at = None, time.monotonic() + 60.0
             return
         self._pruned[0] += n_imp
         self._pruned[1] += n_fb
-        if n_imp < PRUNE_CHUNK and n_fb < PRUNE_CHUNK:
+        if n_imp < PRUNE_CHUNK and n_fb < PRUNE_CHUNK:  # (n_fb: feedback + behaviour; 2 chunks at most)
             if any(self._pruned):
                 log.info("event log: pruned %d impressions and %d events older than %g days", *self._pruned, self.retention_days)
             self._prune_cutoff, self._prune_at = None, time.monotonic() + PRUNE_EVERY_S
@@ -890,19 +923,30 @@ class EventLog:
 
     @staticmethod
     def _insert_feedback(conn: sa.Connection, tickets: list[_Ticket]) -> list[int]:
-        """Insert the tickets' rows; returns how many each newly stored. An ``event_id`` goes in
-        once: skipped when already stored (``ON CONFLICT DO NOTHING`` with ``RETURNING``, which
-        also settles two processes inserting it at once) and counted for the first ticket of the
-        batch that has it."""
+        """Insert the tickets' rows, each into its table (feedback or behaviour); returns how
+        many each newly stored. An ``event_id`` goes in once per table: skipped when already
+        stored (``ON CONFLICT DO NOTHING`` with ``RETURNING``, which also settles two processes
+        inserting it at once) and counted for the first ticket of the batch that has it."""
+        counts = [0] * len(tickets)
+        for table in (feedback, behaviour):
+            mine = [k for k, t in enumerate(tickets) if t.table is table]
+            if mine:
+                for k, n in zip(mine, EventLog._insert_rows(conn, table, [tickets[k] for k in mine])):
+                    counts[k] = n
+        return counts
+
+    @staticmethod
+    def _insert_rows(conn: sa.Connection, table: sa.Table, tickets: list[_Ticket]) -> list[int]:
         from sqlalchemy.dialects import postgresql, sqlite
 
         dialect_insert: Callable[..., Any] = sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert
+        values = _feedback_values if table is feedback else _behaviour_values
         counts = [0] * len(tickets)
         owner: dict[str, int] = {}
         plain, keyed = [], []
         for k, t in enumerate(tickets):
             for r in t.rows:
-                v = _feedback_values(r)
+                v = values(r)
                 eid = v["event_id"]
                 if eid is None:
                     plain.append(v)
@@ -911,10 +955,10 @@ class EventLog:
                     owner[eid] = k
                     keyed.append(v)
         if plain:
-            conn.execute(feedback.insert(), plain)
+            conn.execute(table.insert(), plain)
         if keyed:
             keyed.sort(key=lambda v: v["event_id"])  # one lock order for every writer: no deadlocks on PostgreSQL
-            stmt = dialect_insert(feedback).on_conflict_do_nothing(index_elements=["event_id"]).returning(feedback.c.event_id)
+            stmt = dialect_insert(table).on_conflict_do_nothing(index_elements=["event_id"]).returning(table.c.event_id)
             for eid in conn.execute(stmt, keyed).scalars():
                 counts[owner[eid]] += 1
         return counts
@@ -1013,6 +1057,25 @@ def _feedback_values(r: dict[str, Any]) -> dict[str, Any]:
         raise _RowError(f"feedback row: {type(exc).__name__}") from None
 
 
+def _behaviour_values(r: dict[str, Any]) -> dict[str, Any]:
+    try:
+        price = r.get("price")
+        return {
+            "event_id": r.get("event_id") or None,
+            "ts": _as_utc(r["ts"]),
+            "user_id": r.get("user_id"),
+            "session_id": r.get("session_id"),
+            "item_id": r["item_id"],
+            "event_type": r["event_type"],
+            "quantity": 1 if r.get("quantity") is None else int(r["quantity"]),
+            "price": None if price is None else float(price),
+        }
+    except _RowError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _RowError(f"behaviour row: {type(exc).__name__}") from None
+
+
 def _delete_chunk(conn: sa.Connection, table: sa.Table, key: sa.Column, cutoff: datetime) -> int:
     cutoff = cutoff.astimezone(UTC)
     if conn.dialect.name == "sqlite":
@@ -1023,9 +1086,11 @@ def _delete_chunk(conn: sa.Connection, table: sa.Table, key: sa.Column, cutoff: 
 
 def prune_before(engine: sa.Engine, older_than: datetime) -> tuple[int, int]:
     """Delete rows with ``ts`` before ``older_than`` in transactions of :data:`PRUNE_CHUNK` rows
-    (so writers are never held up long); returns ``(impressions, feedback)`` deleted."""
+    (so writers are never held up long); returns ``(impressions, events)`` deleted (events:
+    feedback and behaviour rows)."""
     deleted = [0, 0]
-    for k, (table, key) in enumerate(((impressions, impressions.c.request_id), (feedback, feedback.c.id))):
+    for k, (table, key) in enumerate(((impressions, impressions.c.request_id), (feedback, feedback.c.id), (behaviour, behaviour.c.id))):
+        k = min(k, 1)
         while True:
             with engine.begin() as conn:
                 n = _delete_chunk(conn, table, key, older_than)
@@ -1128,7 +1193,9 @@ def summary(url: str) -> dict[str, Any]:
                     return out
                 if out["unversioned"] == "empty":
                     return out
-            for table in (impressions, feedback):
+            for table in (impressions, feedback, behaviour):
+                if table is behaviour and not sa.inspect(conn).has_table(table.name):
+                    continue  # revision 0001
                 n, lo, hi = conn.execute(sa.select(sa.func.count(), sa.func.min(table.c.ts), sa.func.max(table.c.ts)).select_from(table)).one()
                 out["tables"][table.name] = {"rows": n, "oldest": _utc(lo) if lo is not None else None, "newest": _utc(hi) if hi is not None else None}
     finally:
@@ -1152,6 +1219,47 @@ def recent_activity(engine: sa.Engine, since: datetime) -> tuple[list[tuple[str,
             sa.select(feedback.c.user_id, feedback.c.item_id, feedback.c.ts).where(feedback.c.ts >= since, feedback.c.user_id.is_not(None))
         ).all()
     return [(u, i, _utc(t)) for u, i, t in shown], [(u, i, _utc(t)) for u, i, t in touched]
+
+
+def behaviour_since(engine: sa.Engine, since: datetime | None, limit: int = 1_000_000) -> list[dict[str, Any]]:
+    """Behaviour rows (``POST /track``) with ``ts`` at or after ``since`` (all when None), oldest
+    first, at most the newest ``limit``: what the service's live overlay is rebuilt from at
+    start (serving/live.py). An event log at revision 0001 (no behaviour table) gives none."""
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table(behaviour.name):
+            return []
+        b = behaviour
+        q = sa.select(b.c.id, b.c.ts, b.c.user_id, b.c.session_id, b.c.item_id, b.c.event_type, b.c.quantity, b.c.price)
+        if since is not None:
+            since = since.astimezone(UTC)
+            q = q.where(b.c.ts >= (since.replace(tzinfo=None) if engine.dialect.name == "sqlite" else since))
+        rows = conn.execute(q.order_by(b.c.ts.desc(), b.c.id.desc()).limit(limit)).mappings().all()
+    out = [dict(r) for r in reversed(rows)]
+    for r in out:
+        r["ts"] = _utc(r["ts"])
+    return out
+
+
+def behaviour_max_id(engine: sa.Engine) -> int:
+    """The highest behaviour id stored (0: none, or no behaviour table)."""
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table(behaviour.name):
+            return 0
+        return int(conn.execute(sa.select(sa.func.max(behaviour.c.id))).scalar() or 0)
+
+
+def behaviour_after(engine: sa.Engine, after_id: int, limit: int = 10_000) -> tuple[list[dict[str, Any]], int]:
+    """Behaviour rows with ``id > after_id`` (at most ``limit``, by id) and the highest id seen
+    (``after_id`` when none): how each worker's live overlay follows the events other workers
+    and replicas stored (serving/live.py: LiveTail)."""
+    b = behaviour
+    q = (sa.select(b.c.id, b.c.ts, b.c.user_id, b.c.session_id, b.c.item_id, b.c.event_type)
+         .where(b.c.id > after_id).order_by(b.c.id).limit(limit))
+    with engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(q).mappings().all()]
+    for r in rows:
+        r["ts"] = _utc(r["ts"])
+    return rows, max([after_id, *(r["id"] for r in rows)])
 
 
 def _utc(ts: Any) -> datetime:

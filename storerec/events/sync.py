@@ -1,13 +1,19 @@
 """`storerec sync-events`: the event log's new events appended to the data folder's events table.
 
-Flow: read ``<data>/sync-state.json`` (the watermark) -> read the log's feedback rows with an
-``id`` above it (plus any ids still owed, below) -> convert them with
-:func:`storerec.events.export.to_events_table` -> drop rows of forgotten users -> set aside rows
+Two tables of the log are synced, each with its own watermark: ``feedback`` (``POST /events``,
+events on served lists, converted by :func:`storerec.events.export.to_events_table`) and
+``behaviour`` (``POST /track``, storefront events not tied to a list, converted by
+:func:`behaviour_to_events_table`: their quantity and unit price go to the events table's
+``quantity`` and ``price``).
+
+Flow: read ``<data>/sync-state.json`` (the watermarks) -> read each table's rows with an
+``id`` above its watermark (plus any ids still owed, below) -> convert them to the events
+table's columns -> drop rows of forgotten users -> set aside rows
 already in the events table (:func:`storerec.features.importer.rows_already_in`, the rule of
 ``import --append``) -> write the table atomically (:func:`storerec.features.io.write_tables`)
 -> only then write the new watermark, atomically.
 
-The watermark is the log's own ``feedback.id`` (an integer primary key the database assigns),
+The watermark is the log's own ``feedback.id`` (``behaviour.id``) (an integer primary key the database assigns),
 not a timestamp: an event stored late with an older ``ts`` (a client retry, a delayed batch)
 still gets a higher id, so it is not missed.
 
@@ -39,6 +45,8 @@ import polars as pl
 import sqlalchemy as sa
 
 from storerec.core.errors import UserError
+from storerec.core.schema import EVENTS_SCHEMA
+from storerec.core.schema import Columns as C
 from storerec.events import eventlog as el
 from storerec.events.export import to_events_table
 from storerec.features.forget import drop_forgotten, forgotten_hashes
@@ -67,14 +75,18 @@ class SyncSummary:
     gaps: int
     table: Path
     notes: list[str] = field(default_factory=list)
+    read_behaviour: int = 0  # behaviour rows (POST /track); read/watermark above are feedback's
+    behaviour_watermark_before: int = 0
+    behaviour_watermark: int = 0
 
     def line(self) -> str:
         extra = f", {self.forgotten:,} of forgotten users dropped" if self.forgotten else ""
-        owed = f", {self.gaps:,} id(s) below it still owed" if self.gaps else ""
+        owed = f", {self.gaps:,} id(s) below them still owed" if self.gaps else ""
         return (
-            f"sync-events: read {self.read:,} new event(s) from {self.url} (id > {self.watermark_before:,}); "
+            f"sync-events: read {self.read:,} new event(s) from {self.url} (id > {self.watermark_before:,}) "
+            f"and {self.read_behaviour:,} behaviour event(s) (id > {self.behaviour_watermark_before:,}); "
             f"appended {self.appended:,}, already present {self.already_present:,}{extra} -> {self.table} "
-            f"({self.before:,} -> {self.after:,} rows); watermark {self.watermark:,}{owed}"
+            f"({self.before:,} -> {self.after:,} rows); watermark {self.watermark:,}, behaviour {self.behaviour_watermark:,}{owed}"
         )
 
 
@@ -100,27 +112,75 @@ def write_state(data_dir: Path, state: dict[str, Any]) -> None:
     write_text_atomic(state_path(data_dir), json.dumps(state, indent=2, sort_keys=True) + "\n")
 
 
-def _read_new(url: str, after: int, owed: list[int]) -> tuple[pl.DataFrame, int | None, bool]:
-    """Feedback rows with ``id > after`` or ``id`` in ``owed``, by id; the log's highest id; and
-    whether it is PostgreSQL."""
+def _read_new(url: str, after: int, owed: list[int], table: sa.Table = el.feedback) -> tuple[pl.DataFrame, int | None, bool]:
+    """Rows of ``table`` (feedback or behaviour) with ``id > after`` or ``id`` in ``owed``, by id;
+    the table's highest id; and whether it is PostgreSQL. A log at revision 0001 has no behaviour
+    table: no rows."""
     engine = el.read_engine(url)
     try:
         with el._connected(engine, url) as conn:
             el._require_tables(conn, url)
-            fb = el.feedback
+            pg = conn.dialect.name == "postgresql"
+            schema = el._schema(table)
+            if table is not el.feedback and not sa.inspect(conn).has_table(table.name):
+                return pl.DataFrame(schema=schema), None, pg
+            fb = table
             cond = fb.c.id > after
             if owed:
                 cond = sa.or_(cond, fb.c.id.in_(owed))
             rows = [dict(r) for r in conn.execute(sa.select(fb).where(cond).order_by(fb.c.id)).mappings().all()]
             top = conn.execute(sa.select(sa.func.max(fb.c.id))).scalar()
-            pg = conn.dialect.name == "postgresql"
     except sa.exc.DBAPIError as exc:
         raise UserError(f"cannot read the event log at {el.safe_url(url)}: {el.error_line(exc)}") from None
     finally:
         engine.dispose()
-    schema = el._schema(el.feedback)
     frame = pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
     return frame, top, pg
+
+
+def behaviour_to_events_table(rows: pl.DataFrame) -> pl.DataFrame:
+    """Behaviour rows as the events table: same event type, ``quantity`` and unit ``price`` as
+    sent (price only on purchases), ``value`` empty. Anonymous events keep their session as the
+    shopper id ``anonymous:<session>`` (as :func:`~storerec.events.export.to_events_table`)."""
+    df = rows.select(
+        pl.coalesce(pl.col("user_id"), pl.lit("anonymous:") + pl.col("session_id").fill_null("unknown")).alias(C.User),
+        pl.col("item_id").alias(C.Item),
+        pl.col("event_type").alias(C.EventType),
+        pl.col("ts").alias(C.Timestamp),
+        pl.col("quantity").fill_null(1).alias(C.Quantity),
+        pl.col("price").alias(C.Price),
+        pl.col("session_id").alias(C.Session),
+        pl.lit(None, dtype=pl.Float64).alias(C.Value),
+    )
+    return df.select(pl.col(c).cast(t) for c, t in EVENTS_SCHEMA.items()).sort(C.Timestamp)
+
+
+@dataclass
+class _Read:
+    """One log table's new rows and its watermarks."""
+
+    table: sa.Table
+    after: int
+    frame: pl.DataFrame
+    watermark: int
+    gaps: dict[str, str]
+    notes: list[str]
+
+
+def _read_table(url: str, table: sa.Table, mine: dict[str, Any], full: bool, now: datetime) -> _Read:
+    after = 0 if full else int(mine.get("last_id", 0))
+    old_gaps: dict[str, str] = {} if full else dict(mine.get("gaps", {}))
+    notes: list[str] = []
+    rows, top, pg = _read_new(url, after, sorted(int(k) for k in old_gaps), table)
+    if after and (top or 0) < after:
+        # The log's ids went back (it was emptied or recreated): ids restart below the watermark.
+        notes.append(f"the log's highest {table.name} id ({top or 0}) is below the watermark ({after}): reading it from the start")
+        after, old_gaps = 0, {}
+        rows, top, pg = _read_new(url, 0, [], table)
+    ids = rows["id"].to_list()
+    watermark = max([after, *ids])
+    gaps = _gaps(after, watermark, set(ids), old_gaps, now) if pg else {}
+    return _Read(table, after, rows, watermark, gaps, notes)
 
 
 def _gaps(prev: int, new: int, seen: set[int], old: dict[str, str], now: datetime) -> dict[str, str]:
@@ -163,28 +223,18 @@ def sync_events(data_dir: Path, url: str, *, full: bool = False, now: datetime |
         )
     state = read_state(data_dir)
     key = el.safe_url(url)
-    mine = state["logs"].get(key, {}).get("feedback", {})
-    after = 0 if full else int(mine.get("last_id", 0))
-    old_gaps: dict[str, str] = {} if full else dict(mine.get("gaps", {}))
-    notes: list[str] = []
-
-    fb, top, pg = _read_new(url, after, sorted(int(k) for k in old_gaps))
-    if after and (top or 0) < after:
-        # The log's ids went back (it was emptied or recreated): ids restart below the watermark.
-        notes.append(f"the log's highest id ({top or 0}) is below the watermark ({after}): reading it from the start")
-        after, old_gaps = 0, {}
-        fb, top, pg = _read_new(url, 0, [])
-
-    ids = fb["id"].to_list()
-    watermark = max([after, *ids])
-    gaps = _gaps(after, watermark, set(ids), old_gaps, now) if pg else {}
+    logged = state["logs"].get(key, {})
+    fb_read = _read_table(url, el.feedback, logged.get("feedback", {}), full, now)
+    bh_read = _read_table(url, el.behaviour, logged.get("behaviour", {}), full, now)
+    notes = fb_read.notes + bh_read.notes
+    fb = fb_read.frame
 
     path = table_path(data_dir, "events")
     try:
         existing = pl.read_parquet(path)  # the file as stored (read_table would drop forgotten users: not for a rewrite)
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise UserError(f"cannot read {path}: {exc}") from None
-    new = to_events_table(fb)
+    new = pl.concat([to_events_table(fb), behaviour_to_events_table(bh_read.frame)])
     new, n_forgotten = drop_forgotten(new, forgotten_hashes(data_dir))
     present = rows_already_in(existing, new) if new.height else pl.Series("already_in", [], dtype=pl.Boolean)
     fresh = new.filter(~present)
@@ -199,12 +249,14 @@ def sync_events(data_dir: Path, url: str, *, full: bool = False, now: datetime |
     # Only after the table is in place: a crash before this line re-reads these events next time.
     state.setdefault("version", STATE_VERSION)
     state["logs"][key] = {
-        "feedback": {"last_id": watermark, "gaps": gaps},
+        "feedback": {"last_id": fb_read.watermark, "gaps": fb_read.gaps},
+        "behaviour": {"last_id": bh_read.watermark, "gaps": bh_read.gaps},
         "synced_at": now.isoformat().replace("+00:00", "Z"),
     }
     write_state(data_dir, state)
     return SyncSummary(
         url=key, read=fb.height, appended=fresh.height, already_present=int(present.sum()), forgotten=n_forgotten,
-        before=existing.height, after=after_rows, watermark_before=after, watermark=watermark, gaps=len(gaps),
-        table=path, notes=notes,
+        before=existing.height, after=after_rows, watermark_before=fb_read.after, watermark=fb_read.watermark,
+        gaps=len(fb_read.gaps) + len(bh_read.gaps), table=path, notes=notes, read_behaviour=bh_read.frame.height,
+        behaviour_watermark_before=bh_read.after, behaviour_watermark=bh_read.watermark,
     )

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,11 +25,14 @@ from storerec.core.schema import CATEGORY_SEP, EventTypes
 from storerec.core.schema import Columns as C
 from storerec.models.base import ModelBase
 from storerec.models.dataset import table_column
+from storerec.ranking import neighbours as nb
+from storerec.ranking.neighbours import Neighbours
+
+log = logging.getLogger("storerec.ranking")
 
 NEIGHBOURS = 50  # "X is similar to Y" means Y is among X's 50 most similar items for the model
 HISTORY_N = 20  # latest history items kept per user (for "because you bought/viewed X")
 REGION_TRENDING_DAYS = 7  # "trending in your region": distinct users per item over the last week
-SIMILARITY_CHUNK = 512  # items per block when finding neighbours (bounds memory: chunk x n_items)
 POPULARITY_TIE_BREAK = 1e-3  # weight of 30-day popularity that orders equally similar/scored items
 # How strongly an event shows interest in an item; a user's history keeps each item's strongest.
 TYPE_RANK = {EventTypes.Purchase: 3, EventTypes.Cart: 2, EventTypes.Favorite: 1, EventTypes.View: 0, EventTypes.Rating: 1}
@@ -190,13 +195,19 @@ def _tier_region(profiles: dict[str, dict[str, Any]]) -> pl.DataFrame:
 
 
 def _history(ev: pl.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Each user's latest ``HISTORY_N`` items (by their last event), with their strongest event."""
+    """Each user's latest ``HISTORY_N`` items (by their last event), with their strongest event.
+    The arrays are read-only views into two flat arrays: one small array per user from Python
+    lists cost seconds and hundreds of MB at start on 5M events (docs/benchmarks.md)."""
     ranked = ev.with_columns(pl.col(C.EventType).replace_strict(TYPE_RANK, default=0).alias("_t"))
     per_pair = ranked.group_by(C.User, "_i").agg(pl.col("_t").max(), pl.col(C.Timestamp).max())
-    hist = per_pair.sort([C.User, C.Timestamp], descending=[False, True]).group_by(C.User, maintain_order=True).agg(
-        pl.col("_i").head(HISTORY_N), pl.col("_t").head(HISTORY_N)
+    latest = per_pair.sort([C.User, C.Timestamp, "_i"], descending=[False, True, False]).filter(  # same-time items: by index
+        pl.int_range(pl.len()).over(C.User) < HISTORY_N
     )
-    return {user: (np.asarray(i, dtype=np.int64), np.asarray(t, dtype=np.int8)) for user, i, t in hist.iter_rows()}
+    items = latest["_i"].to_numpy().astype(np.int64)
+    types = latest["_t"].to_numpy().astype(np.int8)
+    items.flags.writeable = types.flags.writeable = False
+    runs = latest.select(C.User).with_row_index("_start").group_by(C.User, maintain_order=True).agg(pl.col("_start").first(), pl.len())
+    return {user: (items[s : s + n], types[s : s + n]) for user, s, n in runs.iter_rows()}
 
 
 def _counts_per(df: pl.DataFrame, key: str, n: int, dtype: type) -> dict[str, np.ndarray]:
@@ -233,37 +244,85 @@ class ItemSimilarity:
     model: ModelBase
     items: ItemFacts
     unit: np.ndarray | None
-    neighbours: np.ndarray  # (n, k) int32: each item's k most similar items (similarity > 0), -1 padded
+    neighbours: np.ndarray  # (n, k) int32: each item's k most similar items (similarity > 0), best first, -1 padded
 
     @classmethod
-    def build(cls, model: ModelBase, items: ItemFacts) -> ItemSimilarity:
+    def build(cls, model: ModelBase, items: ItemFacts, stored: Neighbours | None = None) -> ItemSimilarity:
+        """``stored``: the version's neighbour lists (its serving snapshot); used when they are
+        for the model's items in the same order, else (and for versions registered before they
+        were stored) found now, which is O(items²) for exact search (:mod:`storerec.ranking.neighbours`)."""
         unit = unit_rows(model.item_vectors()).astype(np.float32) if model.has_item_vectors else None
-        return cls(model, items, unit, _top_neighbours(model, items, min(NEIGHBOURS, items.n - 1)))
+        k = min(NEIGHBOURS, max(items.n - 1, 0))
+        why = stored.mismatch(items.ids, k) if stored is not None else "none stored (a version registered before they were, or a model not registered)"
+        if stored is not None and why is None:
+            return cls(model, items, unit, stored.table)
+        t0 = time.perf_counter()
+        found = find_neighbours(model, items, k, unit)
+        (log.warning if stored is not None else log.info)(
+            "nearest neighbours of %d items found now (%s, %.1f s): %s", items.n, found.method, time.perf_counter() - t0, why
+        )
+        return cls(model, items, unit, found.table)
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
         """Similarities (float32) of the items ``idx`` to every item."""
+        if self.unit is not None and _cosine_of_vectors(self.model):  # the same product, without normalising every item again
+            return self.unit[idx] @ self.unit.T
         return similarity_rows(self.model, self.items, idx)
 
 
-def similarity_rows(model: ModelBase, items: ItemFacts, idx: np.ndarray, popularity_tie_break: bool = False) -> np.ndarray:
+def similarity_rows(model: ModelBase, items: ItemFacts | None, idx: np.ndarray, popularity_tie_break: bool = False) -> np.ndarray:
     """Similarities (float32) of the items ``idx`` to every item: the model's, else same category
-    (+ ``POPULARITY_TIE_BREAK`` x 30-day popularity when ``popularity_tie_break``)."""
+    (+ ``POPULARITY_TIE_BREAK`` x 30-day popularity when ``popularity_tie_break``; ``items`` is
+    needed only then)."""
     if model.has_item_similarity:
         return model.item_similarity(idx).astype(np.float32)
+    assert items is not None, "a model without a similarity of its own needs the item facts"
     same = (items.cat_code[idx][:, None] == items.cat_code[None, :]).astype(np.float32)
     return same + POPULARITY_TIE_BREAK * items.pop_30d[None, :] if popularity_tie_break else same
 
 
-def _top_neighbours(model: ModelBase, items: ItemFacts, k: int) -> np.ndarray:
-    """Each item's ``k`` most similar other items with a positive similarity (-1 padded)."""
-    out = np.full((items.n, max(k, 0)), -1, dtype=np.int32)
-    if k <= 0:
-        return out
-    for start in range(0, items.n, SIMILARITY_CHUNK):
-        idx = np.arange(start, min(items.n, start + SIMILARITY_CHUNK))
-        sim = similarity_rows(model, items, idx, popularity_tie_break=True)
-        sim[np.arange(len(idx)), idx] = -np.inf
-        top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-        top_sim = np.take_along_axis(sim, top, axis=1)
-        out[idx] = np.where(np.isfinite(top_sim) & (top_sim > 0), top, -1)
-    return out
+def _cosine_of_vectors(model: ModelBase) -> bool:
+    """Whether the model's similarity is the cosine of its item vectors (ModelBase's default)."""
+    return model.has_item_vectors and model.has_item_similarity and type(model)._item_similarity is ModelBase._item_similarity
+
+
+def find_neighbours(model: ModelBase, items: ItemFacts | None, k: int, unit: np.ndarray | None = None) -> Neighbours:
+    """Each item's ``k`` most similar other items with a positive similarity, best first (-1
+    padded): brute force over :func:`similarity_rows` (with the popularity tie break) up to
+    ``EXACT_MAX_ITEMS`` items, the very lists ``model.similar_items`` gives (the same
+    ``argpartition`` on the same rows: equally similar items at the boundary are chosen alike).
+    Above that, by the fastest method that fits the model's similarity
+    (:mod:`storerec.ranking.neighbours`): an HNSW graph for the cosine of item vectors,
+    exact per-category or sparse methods otherwise (equally similar items may then differ).
+    ``items`` (the item facts, in the model's order) is needed only by models without a
+    similarity of their own."""
+    from storerec.models.itemknn import ItemKNNModel
+    from storerec.models.popularity import PopularityModel
+
+    assert model.items is not None
+    n = len(model.items)
+    digest = nb.items_digest(model.items.external)
+    if _cosine_of_vectors(model):
+        if n > nb.EXACT_MAX_ITEMS:  # scales the vectors itself, block by block (no full unit copy at registration)
+            return Neighbours(nb.cosine_hnsw(unit if unit is not None else model.item_vectors(), k), digest, "hnsw")
+        # from the unit vectors at hand, not normalised again for every block
+        vectors = unit if unit is not None else unit_rows(model.item_vectors()).astype(np.float32)
+        return Neighbours(nb.exact(lambda idx: vectors[idx] @ vectors.T, n, k), digest, "exact")
+    if n > nb.EXACT_MAX_ITEMS:
+        if not model.has_item_similarity:
+            assert items is not None, "a model without a similarity of its own needs the item facts"
+            return Neighbours(nb.by_group(items.cat_code, POPULARITY_TIE_BREAK * items.pop_30d, 1.0, k), digest, "exact by category")
+        if isinstance(model, PopularityModel):
+            return Neighbours(nb.by_group(model.category_codes, model.item_scores, 1.0, k), digest, "exact by category")
+        if isinstance(model, ItemKNNModel):
+            return Neighbours(nb.sparse_rows(model.similarity, k), digest, "exact (sparse)")
+    return Neighbours(nb.exact(lambda idx: similarity_rows(model, items, idx, popularity_tie_break=True), n, k), digest, "exact")
+
+
+def item_neighbours(model: ModelBase, item_table: pl.DataFrame) -> Neighbours:
+    """The neighbour lists a version is registered with (its serving snapshot): those the
+    service would find at start for ``model`` and its item feature table (read only for a
+    model without a similarity of its own: the item facts of 500k items cost hundreds of MB)."""
+    assert model.items is not None
+    items = None if model.has_item_similarity else ItemFacts.from_table(model.items.external.tolist(), item_table)
+    return find_neighbours(model, items, min(NEIGHBOURS, max(len(model.items) - 1, 0)))

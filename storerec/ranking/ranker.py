@@ -14,8 +14,9 @@ items (``docs/benchmarks.md``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ import polars as pl
 from storerec.models.base import ModelBase
 from storerec.ranking import kernels
 from storerec.ranking.facts import ItemFacts, ItemSimilarity, UserFacts
+from storerec.ranking.neighbours import Neighbours
 from storerec.ranking.reasons import ReasonBook, Subject
 from storerec.ranking.sources import CandidateSources, Source
 
@@ -63,9 +65,19 @@ class Diversity:
 
 @dataclass(frozen=True)
 class Context:
+    """What the shopper is doing now. ``item_ids`` (on the page) and ``recent_item_ids`` (sent
+    by the storefront) are left out of the list. ``session_events`` (item -> (event type, time):
+    what the shopper viewed, carted or favourited in their current tracked session,
+    serving/live.py) are their current interest, not their history: ``filters.exclude_seen``
+    does not leave them out even when the model's history holds them (the caller names them in
+    ``filters.exclude_item_ids`` when they should go), and a session item in the list carries
+    the ``in_your_session`` reason. ``session_item_ids`` (the latest of them) are context."""
+
     page: str = "home"
     item_ids: tuple[str, ...] = ()
     recent_item_ids: tuple[str, ...] = ()
+    session_item_ids: tuple[str, ...] = ()
+    session_events: Mapping[str, tuple[str, datetime]] | None = None
 
 
 @dataclass
@@ -103,6 +115,9 @@ class Ranker:
     forgotten
         Users erased with ``storerec forget-user`` that this model still knows: served as
         unknown (cold), so neither their learned factors nor their history is used.
+    neighbours
+        The version's stored neighbour lists (its serving snapshot); found now when None or
+        when they are for other items (:meth:`ItemSimilarity.build`).
     """
 
     def __init__(
@@ -114,13 +129,14 @@ class Ranker:
         *,
         context_weight: float = 0.5,
         forgotten: frozenset[str] = frozenset(),
+        neighbours: Neighbours | None = None,
     ) -> None:
         assert model.items is not None and model.users is not None
         self.model = model
         self.forgotten = forgotten
         self.items = ItemFacts.from_table(model.items.external.tolist(), item_table)
         self.users = UserFacts.build(profiles, events, self.items)
-        self.similarity = ItemSimilarity.build(model, self.items)
+        self.similarity = ItemSimilarity.build(model, self.items, neighbours)
         self.sources = CandidateSources(model, self.items, self.users, self.similarity, context_weight)
         self.reasons = ReasonBook(self.items, self.users, model.name)
         self._mask_cache: dict[tuple[Any, ...], np.ndarray] = {}
@@ -156,8 +172,9 @@ class Ranker:
             return masks[categories[0]].copy()
         return np.logical_or.reduce([masks[c] for c in categories])
 
-    def filter_mask(self, filters: Filters, user_id: str | None = None) -> np.ndarray:
-        """Items the request allows (a fresh array the caller may change)."""
+    def filter_mask(self, filters: Filters, user_id: str | None = None, keep: np.ndarray | None = None) -> np.ndarray:
+        """Items the request allows (a fresh array the caller may change). ``keep``: items
+        ``exclude_seen`` does not leave out (the shopper's current session)."""
         valid = self._catalogue_mask(filters).copy()
         if filters.exclude_item_ids:
             ids = self.model.items.to_internal(list(filters.exclude_item_ids))  # type: ignore[union-attr]
@@ -169,7 +186,10 @@ class Ranker:
             u = self.user_index(user_id)
             if u >= 0:
                 seen = self.model.seen  # the interactions the model was fitted on
-                valid[seen.indices[seen.indptr[u] : seen.indptr[u + 1]]] = False  # type: ignore[union-attr]
+                history = seen.indices[seen.indptr[u] : seen.indptr[u + 1]]  # type: ignore[union-attr]
+                if keep is not None and len(keep):
+                    history = history[~np.isin(history, keep)]
+                valid[history] = False
         return valid
 
     def _catalogue_mask(self, filters: Filters) -> np.ndarray:
@@ -249,11 +269,15 @@ class Ranker:
         kind = "hot" if group == "hot" else ("warm" if u >= 0 else "cold")
         by_model = group in ("hot", "warm")
         profile = self.users.profiles.get(user_id)
-        valid = self.filter_mask(filters, user_id)
+        in_session = self._session_events(context)
+        valid = self.filter_mask(filters, user_id, np.fromiter(in_session, np.int64, len(in_session)) if in_session else None)
         ctx = self._context_items(context)
-        valid[ctx] = False  # do not recommend what is on the page / just viewed
+        valid[ctx] = False  # do not recommend what is on the page / what the storefront says was just viewed
+        session = self._session_items(context, ctx)  # context too, but (after the mask) still candidates
+        if len(session):
+            ctx = np.concatenate([ctx, session])
 
-        rel, source = self.sources.relevance(u, by_model, ctx, valid, profile)
+        rel, source = self.sources.relevance(u, by_model, ctx, valid, profile, session)
         pool = self._candidates(rel, max(POOL_FACTOR * k, MIN_POOL), diversity.max_per_category)
         if not len(pool):
             return RankResult([], kind, source)
@@ -269,7 +293,9 @@ class Ranker:
         for r, (i, score) in enumerate(zip(chosen.tolist(), rel[chosen].tolist())):
             c, h = ctx_src[r], hist_src[r]
             # positional: a third of the keyword call's cost, on the request path
-            subject = Subject(i, profile, hot, ctx_l[c] if c >= 0 else None, hist_l[h] if h >= 0 else None, types_l[h] if h >= 0 else None)
+            subject = Subject(
+                i, profile, hot, ctx_l[c] if c >= 0 else None, hist_l[h] if h >= 0 else None, types_l[h] if h >= 0 else None, in_session
+            )
             items.append(self._ranked(i, r, score, subject))
         return RankResult(items, kind, source)
 
@@ -283,6 +309,22 @@ class Ranker:
         ids = list(dict.fromkeys([*context.item_ids, *context.recent_item_ids]))
         ctx = self.model.items.to_internal(ids)  # type: ignore[union-attr]
         return ctx[ctx >= 0]
+
+    def _session_events(self, context: Context) -> dict[int, tuple[str, datetime]] | None:
+        """``context.session_events`` by internal index (known items only; None when empty)."""
+        if not context.session_events:
+            return None
+        ids = list(context.session_events)
+        idx = self.model.items.to_internal(ids).tolist()  # type: ignore[union-attr]
+        return {i: context.session_events[item] for i, item in zip(idx, ids) if i >= 0} or None
+
+    def _session_items(self, context: Context, ctx: np.ndarray) -> np.ndarray:
+        """Internal indices of the known session items not already in ``ctx``."""
+        if not context.session_item_ids:
+            return np.empty(0, np.int64)
+        idx = self.model.items.to_internal(list(dict.fromkeys(context.session_item_ids)))  # type: ignore[union-attr]
+        idx = idx[idx >= 0]
+        return idx[~np.isin(idx, ctx)] if len(ctx) else idx
 
     def _candidates(self, rel: np.ndarray, want: int, cap: int | None) -> np.ndarray:
         """The ``want`` best items by ``rel`` (finite only), best first, equal scores in item

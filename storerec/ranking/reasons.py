@@ -16,8 +16,9 @@ a decide function (``bought_together``) are attached by the list that shows them
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -43,6 +44,7 @@ class Subject(NamedTuple):
     context_item: int | None = None  # a context item that has ``item`` among its neighbours
     history_item: int | None = None  # a history item that has ``item`` among its neighbours
     history_type: int | None = None  # TYPE_RANK of the user's strongest event on history_item
+    session: Mapping[int, tuple[str, datetime]] | None = None  # the shopper's tracked session: item -> (event type, time)
 
 
 class ItemRow(NamedTuple):
@@ -66,7 +68,9 @@ Decide = Callable[["ReasonBook", Subject, ItemRow], "Fields | None"]
 class ReasonSpec:
     """A registered reason. ``text`` (and ``item_page_text``, for the item page's lists) are
     ``str.format`` templates over the fields the decide function returns; ``evidence`` names the
-    fields returned as evidence, in this order."""
+    fields returned as evidence, in this order. ``text_by`` = (field, {value: template}): the
+    text for those values of that field (``text`` for the others), when one template cannot say
+    each case truly."""
 
     code: str
     when: str
@@ -75,23 +79,29 @@ class ReasonSpec:
     decide: Decide | None = None
     fallback: bool = False
     item_page_text: str | None = None
+    text_by: tuple[str, Mapping[Any, str]] | None = None
 
     def make(self, fields: Fields, *, item_page: bool = False) -> dict[str, Any]:
         """The reason as served: ``{"code", "text", "evidence"}``."""
         template = self.item_page_text if item_page and self.item_page_text else self.text
+        if self.text_by is not None and not item_page:
+            template = self.text_by[1].get(fields.get(self.text_by[0]), template)
         return {"code": self.code, "text": template.format(**fields), "evidence": {k: fields[k] for k in self.evidence}}
 
 
 REASONS: dict[str, ReasonSpec] = {}
 
 
-def reason(code: str, text: str, evidence: tuple[str, ...], *, fallback: bool = False, item_page_text: str | None = None) -> Callable[[Decide], Decide]:
+def reason(
+    code: str, text: str, evidence: tuple[str, ...], *, fallback: bool = False, item_page_text: str | None = None,
+    text_by: tuple[str, Mapping[Any, str]] | None = None,
+) -> Callable[[Decide], Decide]:
     """Register the decorated function as the decide function of reason ``code``; its docstring
     says when the reason is true (``{NAME}`` fields: this module's thresholds, ``{facts.NAME}``
     those of :mod:`storerec.ranking.facts`)."""
 
     def register(decide: Decide) -> Decide:
-        _register(ReasonSpec(code, _when(decide.__doc__), text, evidence, decide, fallback, item_page_text))
+        _register(ReasonSpec(code, _when(decide.__doc__), text, evidence, decide, fallback, item_page_text, text_by))
         return decide
 
     return register
@@ -120,19 +130,42 @@ def reason_spec(code: str) -> ReasonSpec:
 # ---- the registry -------------------------------------------------------------------------------
 
 
-@reason("similar_to_context", "Similar to {name}, which you are looking at", ("item_id",), item_page_text="Similar to {name}")
+@reason(
+    "in_your_session", "You viewed this", ("event_type", "at"),
+    text_by=("event_type", {EventTypes.Cart: "You added this to your cart", EventTypes.Favorite: "You added this to your favourites"}),
+)
+def _in_your_session(book: ReasonBook, s: Subject, item: ItemRow) -> Fields | None:
+    """The shopper viewed, carted or favourited the item in their current tracked session (POST
+    /track, within live.context_hours of their latest event) and has not bought it since; the
+    evidence names the strongest of those events (cart, favourite, view) and its time (UTC)."""
+    hit = s.session.get(s.item) if s.session else None
+    if hit is None:
+        return None
+    kind, ts = hit
+    return {"event_type": kind, "at": ts.isoformat().replace("+00:00", "Z")}
+
+
+@reason(
+    "similar_to_context", "Similar to {name}, which you are looking at", ("item_id",), item_page_text="Similar to {name}",
+    text_by=("via", {"session": "Similar to {name}, which you looked at"}),
+)
 def _similar_to_context(book: ReasonBook, s: Subject, item: ItemRow) -> Fields | None:
-    """An item in the request's context (on the page, or recently viewed) has the recommended
-    item among its {facts.NEIGHBOURS} most similar items for the model. On the item page: the model's
-    similar items."""
-    return None if s.context_item is None else book.item_fields(s.context_item)
+    """An item in the request's context (on the page, recently viewed, or in the shopper's
+    tracked session) other than the recommended item has it among its {facts.NEIGHBOURS} most
+    similar items for the model. On the item page: the model's similar items."""
+    if s.context_item is None or s.context_item == s.item:  # never "similar to itself"
+        return None
+    fields = book.item_fields(s.context_item)
+    if s.session and s.context_item in s.session:  # tracked earlier, maybe not on the page now
+        fields["via"] = "session"
+    return fields
 
 
 @reason("because_bought", "Because you bought {name}", ("item_id",))
 def _because_bought(book: ReasonBook, s: Subject, item: ItemRow) -> Fields | None:
     """The user bought item X, one of their latest {facts.HISTORY_N} items, and the recommended
     item is among X's {facts.NEIGHBOURS} most similar items for the model."""
-    if s.history_item is None or s.history_type != PURCHASE_RANK:
+    if s.history_item is None or s.history_type != PURCHASE_RANK or s.history_item == s.item:
         return None
     return book.item_fields(s.history_item)
 
@@ -140,7 +173,7 @@ def _because_bought(book: ReasonBook, s: Subject, item: ItemRow) -> Fields | Non
 @reason("because_viewed", "Because you viewed {name}", ("item_id",))
 def _because_viewed(book: ReasonBook, s: Subject, item: ItemRow) -> Fields | None:
     """As because_bought, for an item the user viewed, favourited, carted or rated but did not buy."""
-    if s.history_item is not None and s.history_type != PURCHASE_RANK:
+    if s.history_item is not None and s.history_type != PURCHASE_RANK and s.history_item != s.item:
         return book.item_fields(s.history_item)
     return None
 

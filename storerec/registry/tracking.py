@@ -283,7 +283,8 @@ def log_model_version(
         if profiles is not None and events is not None:
             from storerec.registry.snapshot import SNAPSHOT_DIR, write_snapshot
 
-            write_snapshot(Path(tmp), profiles=profiles, events=events, as_of=as_of, fingerprint=(tags or {}).get(TAG_FINGERPRINT))
+            write_snapshot(Path(tmp), profiles=profiles, events=events, as_of=as_of, fingerprint=(tags or {}).get(TAG_FINGERPRINT),
+                           model=model, item_table=item_table)  # with the items' neighbour lists (found once, not at every start)
             artifacts[SNAPSHOT_DIR] = str(Path(tmp) / SNAPSHOT_DIR)
         # the pyfunc takes/returns pandas frames without a fixed signature, and the wrapper class is
         # importable: MLflow's warnings about both are expected, so keep them off the console

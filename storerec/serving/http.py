@@ -52,6 +52,7 @@ from storerec.serving.schemas import (
     ScoreResponse,
     SimilarRequest,
     SimilarResponse,
+    TrackRequest,
 )
 
 log = logging.getLogger("storerec.http")
@@ -73,6 +74,9 @@ ROUTES: dict[str, Route] = {
     "/new_arrivals": Route(ListRequest, ListResponse, "Popular new arrivals, optionally per category.", (404,)),
     "/events": Route(EventsRequest, EventsResponse,
                      "Record clicks, carts and purchases against the request_id of the list they came from; answers once committed.", (404, 422)),
+    "/track": Route(TrackRequest, EventsResponse,
+                    "Record storefront behaviour (views, carts, purchases, favourites) not tied to a served list; answers once "
+                    "committed, and the shopper's next list reacts at once.", (404, 422)),
     "/score": Route(ScoreRequest, ScoreResponse, "Bare model scores for a known user (diagnostic; the baseline of the serving benchmark).", (404,)),
     "/admin/reload": Route(ReloadRequest, ReloadResponse,
                            "Load a registered version (or the configured alias again) in every worker. Needs x-admin-token.", (403, 404, 409)),

@@ -7,12 +7,18 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 
-from storerec.core.schema import FEEDBACK_EVENT_TYPES, FeedbackTypes
+from storerec.core.schema import FEEDBACK_EVENT_TYPES, EventTypes, FeedbackTypes
+
+# Storefront behaviour events POST /track accepts (the behaviour types but ratings, which are
+# imported with their value, not tracked live).
+TRACK_EVENT_TYPES: tuple[str, ...] = (EventTypes.View, EventTypes.Favorite, EventTypes.Cart, EventTypes.Purchase)
 
 if TYPE_CHECKING:  # a Literal built from a tuple is beyond the type checker
     FeedbackType = str
+    TrackType = str
 else:
     FeedbackType = Literal[FEEDBACK_EVENT_TYPES]
+    TrackType = Literal[TRACK_EVENT_TYPES]
 
 
 class _Strict(BaseModel):
@@ -43,7 +49,11 @@ class ContextIn(_Strict):
 
 class FiltersIn(_Strict):
     exclude_seen: bool = Field(
-        True, description="Leave out every item the user already interacted with (viewed, carted, bought); false for reminder lists."
+        True,
+        description="Leave out the items of the user's history (what they viewed, carted or bought before) and of their earlier "
+        "tracked sessions; the items of their current tracked session (POST /track: viewed, carted or favourited within "
+        "live.context_hours of their latest event, not bought since) stay, with an in_your_session reason, unless "
+        "live.session_items_eligible is false. False for reminder lists.",
     )
     exclude_purchased: bool = Field(True, description="Leave out items the user already bought (applies also when exclude_seen is false).")
     include_categories: list[Id] = Field(default_factory=list, max_length=50, description="Only these categories (full path or top level).")
@@ -110,6 +120,14 @@ class RecommendResponse(_Served):
     user_kind: Literal["hot", "warm", "cold", "any"] = Field(..., description="hot: history; warm: profile only; cold: unknown.")
     source: str = Field(
         ..., description="model, model+context, context, trending (cold start: the region's trending list) or popular (cold start: best sellers)."
+    )
+    live_context: int = Field(
+        0, description="Session context items taken from the shopper's events sent to POST /track since the model's snapshot "
+        "(the source then says context or model+context, and items similar to them carry a similar_to_context reason; the session's "
+        "own items in the list carry in_your_session).",
+    )
+    live_excluded: int = Field(
+        0, description="Items left out because of those events (bought; or tracked before the current session, when filters.exclude_seen)."
     )
     items: list[ItemOut]
 
@@ -179,6 +197,41 @@ class ScoreResponse(_Served):
     items: list[ScoredItem]
 
 
+def _check_window(timestamp: datetime | None, info: ValidationInfo) -> None:
+    """An event's timestamp lies within the accepted window (not in the future, not too old).
+
+    The window comes from the settings, in the validation context the gate passes
+    (serving/http.py: GateConfig.validation_context). BentoML parses the body once more, without
+    a context, after the gate let it through: that parse does not check it again."""
+    window = info.context or {}
+    if timestamp is not None and "max_future_seconds" in window and "max_event_age_days" in window:
+        ts = timestamp if timestamp.tzinfo is not None else timestamp.replace(tzinfo=UTC)
+        now = datetime.now(UTC)
+        max_age_days = window["max_event_age_days"]
+        try:
+            future = ts > now + timedelta(seconds=window["max_future_seconds"])
+            old = ts < now - timedelta(days=max_age_days)
+        except OverflowError:  # e.g. year 1 with a positive offset
+            future, old = False, True
+        if future:
+            raise ValueError(f"timestamp {ts.isoformat()} is in the future")
+        if old:
+            raise ValueError(
+                f"timestamp {ts.isoformat()} is more than {max_age_days:g} days old (eventlog.max_event_age_days): "
+                "import old events with `storerec import --events` instead"
+            )
+
+
+EventId = Annotated[str | None, Field(
+    min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$",
+    description="Your id for the event: a retried event with the same id is stored once.",
+)]
+EventTime = Annotated[datetime | None, Field(
+    description="When it happened (UTC when no offset is given); default: when received. "
+    "At most events.max_future_seconds (300) in the future and at most eventlog.max_event_age_days (30) in the past.",
+)]
+
+
 class EventIn(_Strict):
     request_id: str = Field(..., min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$", description="request_id of the list the item was shown in.")
     item_id: Id
@@ -186,40 +239,14 @@ class EventIn(_Strict):
     revenue: float = Field(0.0, ge=0, le=1e9, description="Order value of the item; purchases only.")
     user_id: Id | None = None
     session_id: Id | None = None
-    event_id: str | None = Field(
-        None, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$",
-        description="Your id for the event: a retried event with the same id is stored once.",
-    )
-    timestamp: datetime | None = Field(
-        None,
-        description="When it happened (UTC when no offset is given); default: when received. "
-        "At most events.max_future_seconds (300) in the future and at most eventlog.max_event_age_days (30) in the past.",
-    )
+    event_id: EventId = None
+    timestamp: EventTime = None
 
     @model_validator(mode="after")
     def _checks(self, info: ValidationInfo) -> EventIn:
         if self.revenue and self.event_type != FeedbackTypes.Purchase:
             raise ValueError(f"revenue is only allowed on purchase events, not on {self.event_type!r}")
-        # The accepted window comes from the settings, in the validation context the gate passes
-        # (serving/http.py: GateConfig.validation_context). BentoML parses the body once more,
-        # without a context, after the gate let it through: that parse does not check it again.
-        window = info.context or {}
-        if self.timestamp is not None and "max_future_seconds" in window and "max_event_age_days" in window:
-            ts = self.timestamp if self.timestamp.tzinfo is not None else self.timestamp.replace(tzinfo=UTC)
-            now = datetime.now(UTC)
-            max_age_days = window["max_event_age_days"]
-            try:
-                future = ts > now + timedelta(seconds=window["max_future_seconds"])
-                old = ts < now - timedelta(days=max_age_days)
-            except OverflowError:  # e.g. year 1 with a positive offset
-                future, old = False, True
-            if future:
-                raise ValueError(f"timestamp {ts.isoformat()} is in the future")
-            if old:
-                raise ValueError(
-                    f"timestamp {ts.isoformat()} is more than {max_age_days:g} days old (eventlog.max_event_age_days): "
-                    "import old events with `storerec import --events` instead"
-                )
+        _check_window(self.timestamp, info)
         return self
 
 
@@ -230,6 +257,35 @@ class EventsRequest(_Strict):
 class EventsResponse(BaseModel):
     received: int
     stored: int = Field(..., description="Committed to the event log (a retried event_id is stored once).")
+
+
+class TrackEventIn(_Strict):
+    """One storefront event not tied to a served list (a product page view, an add-to-cart, an
+    order line, a favourite)."""
+
+    event_type: TrackType = Field(..., description="view, favorite, cart or purchase.")
+    item_id: Id = Field(..., description="An item of the catalogue the service serves (unknown items are refused: 404).")
+    user_id: Id | None = Field(None, description="Shopper id; give it, or session_id for an anonymous shopper.", examples=["u00042"])
+    session_id: Id | None = Field(None, description="Session id (anonymous shoppers are known by it).")
+    quantity: JsonInt = Field(1, ge=1, le=100_000, description="Units (cart and purchase only).")
+    price: float | None = Field(None, ge=0, le=1e9, description="Unit price paid; purchases only.")
+    event_id: EventId = None
+    timestamp: EventTime = None
+
+    @model_validator(mode="after")
+    def _checks(self, info: ValidationInfo) -> TrackEventIn:
+        if self.user_id is None and self.session_id is None:
+            raise ValueError("give user_id, or session_id for an anonymous shopper")
+        if self.price is not None and self.event_type != EventTypes.Purchase:
+            raise ValueError(f"price is only allowed on purchase events, not on {self.event_type!r}")
+        if self.quantity != 1 and self.event_type not in (EventTypes.Cart, EventTypes.Purchase):
+            raise ValueError(f"quantity is only allowed on cart and purchase events, not on {self.event_type!r}")
+        _check_window(self.timestamp, info)
+        return self
+
+
+class TrackRequest(_Strict):
+    events: list[TrackEventIn] = Field(..., min_length=1, max_length=1000, description="A batch, stored all or nothing.")
 
 
 class ErrorDetail(BaseModel):

@@ -9,6 +9,8 @@ Endpoints (``serving/http.py`` holds their request and response models, ``ROUTES
 
 * ``POST /recommend``, ``/similar_items``, ``/trending``, ``/new_arrivals``: lists with reasons;
 * ``POST /events``: clicks, carts and purchases on a served list (the event log);
+* ``POST /track``: storefront views, carts, purchases and favourites not tied to a list (the event
+  log's behaviour table), applied to the shopper's next list at once (serving/live.py);
 * ``POST /score``: bare model scores (a diagnostic);
 * ``POST /admin/reload``: load another version in every worker (needs ``x-admin-token``);
 * ``GET /readyz`` (200 once a model is loaded and the event log can write, else 503 with the
@@ -31,8 +33,9 @@ import logging
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, cast
 
 import bentoml
@@ -43,15 +46,34 @@ from starlette.responses import Response
 
 from storerec.core.errors import NotFoundError, UserError
 from storerec.core.settings import load_settings
-from storerec.events.eventlog import EventLog, EventLogRejected, EventLogUnavailable, now_utc, recent_activity
+from storerec.events.eventlog import (
+    EventLog,
+    EventLogRejected,
+    EventLogUnavailable,
+    behaviour_max_id,
+    behaviour_since,
+    now_utc,
+    recent_activity,
+)
 from storerec.events.experiments import assign
+from storerec.features.forget import forgotten_hashes
 from storerec.models.base import top_k_row
 from storerec.ranking.ranker import Context, Diversity, Filters, RankedItem, Ranker, RankingInputError, RankResult
 from storerec.serving.control import ControlStore, ModelSync, service_key
 from storerec.serving.freqcap import FrequencyCap
 from storerec.serving.http import ROUTES, Gate, GateConfig, error_response, openapi_json
 from storerec.serving.launch import SERVICE_NAME
-from storerec.serving.schemas import EventsRequest, ListRequest, RecommendRequest, ReloadRequest, ReloadResponse, ScoreRequest, SimilarRequest
+from storerec.serving.live import EMPTY, LiveOverlay, LiveTail, LiveView, shopper_key
+from storerec.serving.schemas import (
+    EventsRequest,
+    ListRequest,
+    RecommendRequest,
+    ReloadRequest,
+    ReloadResponse,
+    ScoreRequest,
+    SimilarRequest,
+    TrackRequest,
+)
 from storerec.serving.state import Loaded, ServingState, baked_version, load_state
 from storerec.serving.watchdog import watch_parent
 
@@ -145,16 +167,42 @@ class StoreRec:
                 self.freqcap.record_impression(user, [item], ts)
             for user, item, ts in touched:
                 self.freqcap.record_interaction(user, item, ts)
+        self.live_tail: LiveTail | None = None
+        self.live = self._rebuild_live()
         self._request_users: OrderedDict[str, str] = OrderedDict()  # recent request_id -> user_id
         self.sync.start()
         _freeze_heap()
+
+    def _rebuild_live(self) -> LiveOverlay | None:
+        """The live overlay (serving/live.py), rebuilt from the event log's behaviour rows since
+        the served snapshot's as-of time (or one repurchase cycle back, for a version without a
+        snapshot)."""
+        live = self.settings.live
+        if not live.enabled:
+            return None
+        cycle = self.settings.profiles.repurchase_cycle_days
+        overlay = LiveOverlay.from_settings(live, cycle)
+        if self.eventlog is None:
+            return overlay
+        engine = self.eventlog.engine
+        top = behaviour_max_id(engine)  # the tail follows from here (read first: nothing stored meanwhile is missed)
+        if live.rebuild_max_rows:
+            since = self.state.default.as_of or (now_utc() - timedelta(days=cycle))
+            rows = behaviour_since(engine, since, live.rebuild_max_rows)
+            overlay.record(rows)
+            top = max([top, *(r["id"] for r in rows)])
+            if rows:
+                log.info("live overlay: %d tracked events of %d shoppers since %s", len(rows), len(overlay), f"{since:%Y-%m-%d %H:%M:%S} UTC")
+        if live.poll_ms:
+            self.live_tail = LiveTail(overlay, engine, top, live.poll_ms / 1000.0).start()
+        return overlay
 
     # ---- the status app (GET) -------------------------------------------------------------------
 
     def readiness(self) -> tuple[int, dict[str, Any]]:
         """200 while the event log can write (a model is loaded once ``__init__`` returned), else
-        503; the body names every reason, the model served, the experiments, the event log and
-        this worker's view of the control store. No I/O."""
+        503; the body names every reason, the model served, the experiments, the event log, the
+        live overlay and this worker's view of the control store. No I/O."""
         state = self.state
         reasons: list[str] = []
         event_log: dict[str, Any] = {"enabled": self.eventlog is not None}
@@ -169,9 +217,17 @@ class StoreRec:
             "model_version": state.default.version,
             "experiments": {e["name"]: {"status": e["status"], "error": e["error"]} for e in state.experiment_status()},
             "event_log": event_log,
+            "live": self.live_status(),
             "control": self.control_status(),
         }
         return (200 if not reasons else 503), body
+
+    def live_status(self) -> dict[str, Any]:
+        """The live overlay (no I/O): on or off, shoppers held, the tail's last read error."""
+        live = getattr(self, "live", None)
+        tail = getattr(self, "live_tail", None)
+        return {"enabled": live is not None, "shoppers": len(live) if live is not None else 0,
+                "follows_log": tail is not None, "error": tail.error if tail is not None else None}
 
     @status_app.get("/readyz")
     async def readyz(self) -> Response:
@@ -219,6 +275,11 @@ class StoreRec:
         """Swap the whole serving state (called under ``self._lock``); requests in flight keep
         the one they read."""
         self.state = state
+        live = getattr(self, "live", None)
+        if live is not None and state.default.as_of is not None:
+            live.drop_before(state.default.as_of)  # the new snapshot holds what happened up to then
+        if live is not None:  # users erased since: forget-user deleted their tracked rows, the overlay still held them
+            live.drop_users(forgotten_hashes(Path(self.settings.data.dir)))
         _freeze_heap(refreeze=True)
 
     def _resolve(self, ref: str) -> str:
@@ -251,6 +312,9 @@ class StoreRec:
             sync = getattr(self, "sync", None)
             if sync is not None:
                 sync.stop()
+            tail = getattr(self, "live_tail", None)
+            if tail is not None:
+                tail.stop()
             eventlog = getattr(self, "eventlog", None)
             if eventlog is not None:
                 eventlog.close()
@@ -305,11 +369,27 @@ class StoreRec:
         if self.freqcap is not None and req.user_id:
             exclude += self.freqcap.held_back(req.user_id, now)
         user_key = req.user_id or f"anonymous:{req.session_id}"  # unknown to every model: cold start
+        live = self._live_view(req, now)
+        session: tuple[str, ...] = ()
+        session_events: Mapping[str, tuple[str, datetime]] | None = None
+        n_excluded = 0
+        if live:
+            gone = set(exclude)
+            extra: dict[str, None] = {}
+            if req.filters.exclude_seen:  # the session's items stay unless live.session_items_eligible is off (docs/live.md)
+                extra.update(dict.fromkeys(live.older() if self.settings.live.session_items_eligible else live.seen))
+            if req.filters.exclude_purchased:
+                extra.update(dict.fromkeys(live.purchased))
+            dropped = [i for i in extra if i not in gone]
+            exclude += dropped
+            n_excluded = len(dropped)
+            session = tuple(i for i in live.recent if i not in req.context.item_ids and i not in req.context.recent_item_ids)
+            session_events = live.session
         try:
             result = loaded.ranker.rank(
                 user_key,
                 req.k,
-                Context(req.context.page, tuple(req.context.item_ids), tuple(req.context.recent_item_ids)),
+                Context(req.context.page, tuple(req.context.item_ids), tuple(req.context.recent_item_ids), session, session_events),
                 Filters(
                     exclude_seen=req.filters.exclude_seen,
                     exclude_purchased=req.filters.exclude_purchased,
@@ -335,8 +415,68 @@ class StoreRec:
             "variant": a.variant,
             "user_kind": result.user_kind,
             "source": result.source,
+            "live_context": len(session),
+            "live_excluded": n_excluded,
             "items": _items(result.items),
         })
+
+    def _live_view(self, req: RecommendRequest, now: datetime) -> LiveView:
+        """What the shopper's tracked events change (their user id's and their session's)."""
+        if self.live is None:
+            return EMPTY
+        keys = {shopper_key(req.user_id, None), shopper_key(None, req.session_id)}
+        return self.live.view(keys, now)
+
+    @_endpoint("/track")
+    async def track(self, **kw: Any) -> Response:
+        """Record storefront behaviour not tied to a served list (views, carts, purchases with
+        quantity and unit price, favourites). Answers once the whole batch is committed to the
+        event log; the shoppers' next lists react at once (serving/live.py)."""
+        req = TrackRequest.model_construct(**kw)  # validated by BentoML against the input spec
+        if self.eventlog is None:
+            return error_response(404, "event logging is off on this service (eventlog.enabled = false)", code="event_log_off")
+        index_of = self._current().default.ranker.model.items.index_of  # type: ignore[union-attr]
+        unknown = [k for k, e in enumerate(req.events) if index_of(e.item_id) < 0]
+        if unknown:
+            first = req.events[unknown[0]].item_id
+            more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+            return error_response(
+                404, f"events.{unknown[0]}.item_id: unknown item_id {first!r}{more}: not in the catalogue this service serves; "
+                "none of the events was stored", field=f"events.{unknown[0]}.item_id",
+                details=[{"field": f"events.{k}.item_id", "message": f"unknown item_id {req.events[k].item_id!r}"} for k in unknown],
+            )
+        now = now_utc()
+        rows: list[dict[str, Any]] = []
+        for e in req.events:  # types, quantity, price and timestamp bounds were checked by the gate (serving.http)
+            ts = e.timestamp or now
+            ts = ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+            rows.append({"event_id": e.event_id, "ts": ts.astimezone(UTC), "user_id": e.user_id, "session_id": e.session_id,
+                         "item_id": e.item_id, "event_type": e.event_type, "quantity": e.quantity, "price": e.price})
+        stored = await self._commit(self.eventlog.store_behaviour, rows)
+        if isinstance(stored, Response):
+            return stored
+        if self.live is not None:
+            self.live.record(rows)  # a retried event is already there: kept once
+        return _json({"received": len(rows), "stored": stored})
+
+    async def _commit(self, store: Callable[..., Any], rows: list[dict[str, Any]]) -> int | Response:
+        """Store ``rows`` with ``store`` (the event log's feedback or behaviour writer), waiting for
+        the commit: the number stored, or the 422/503 answer when nothing was; the frequency cap
+        counts the committed interactions."""
+        try:
+            stored: int = await store(rows, self.settings.eventlog.ack_timeout_ms / 1000.0)
+        except EventLogRejected as exc:  # the database refuses these rows themselves: a retry cannot help
+            return error_response(422, f"the event log refused these events ({exc}); none of them was stored", code="rule_violated")
+        except EventLogUnavailable as exc:
+            return error_response(
+                503, f"the event log could not store these events ({exc}); none of them was stored: retry later",
+                code="event_log_unavailable",
+            )
+        if self.freqcap is not None:
+            for r in rows:
+                if r["user_id"]:
+                    self.freqcap.record_interaction(r["user_id"], r["item_id"], r["ts"])
+        return stored
 
     @_endpoint("/events")
     async def events(self, **kw: Any) -> Response:
@@ -353,19 +493,9 @@ class StoreRec:
             user = e.user_id or self._request_users.get(e.request_id)
             rows.append({"event_id": e.event_id, "ts": ts, "request_id": e.request_id, "user_id": user,
                          "session_id": e.session_id, "item_id": e.item_id, "event_type": e.event_type, "revenue": e.revenue})
-        try:
-            stored = await self.eventlog.store_feedback(rows, self.settings.eventlog.ack_timeout_ms / 1000.0)
-        except EventLogRejected as exc:  # the database refuses these rows themselves: a retry cannot help
-            return error_response(422, f"the event log refused these events ({exc}); none of them was stored", code="rule_violated")
-        except EventLogUnavailable as exc:
-            return error_response(
-                503, f"the event log could not store these events ({exc}); none of them was stored: retry later",
-                code="event_log_unavailable",
-            )
-        if self.freqcap is not None:
-            for r in rows:
-                if r["user_id"]:
-                    self.freqcap.record_interaction(r["user_id"], r["item_id"], r["ts"])
+        stored = await self._commit(self.eventlog.store_feedback, rows)
+        if isinstance(stored, Response):
+            return stored
         return _json({"received": len(rows), "stored": stored})
 
     @_endpoint("/score")

@@ -7,7 +7,7 @@ import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ class Loaded:
     ranker: Ranker
     model_name: str
     version: str
+    as_of: datetime | None = None  # the serving snapshot's as-of time (None: no snapshot); the live overlay starts there
 
 
 BAKED_INFO = "bento-version.json"  # in serving.model_dir: which version it holds (written by `storerec build --include-model`)
@@ -154,8 +155,20 @@ def _build(settings: Settings, model: ModelBase, items: pl.DataFrame, snap: Snap
     forgotten = frozenset(forgotten_ids(model.users.external.tolist(), hashes)) if hashes and model.users is not None else frozenset()
     if forgotten:
         log.info("%d forgotten user(s) in version %s are served as unknown users", len(forgotten), version)
-    ranker = Ranker(model, items, profiles, events, context_weight=settings.serving.context_weight, forgotten=forgotten)
-    return Loaded(ranker, model.name, version)
+    ranker = Ranker(model, items, profiles, events, context_weight=settings.serving.context_weight, forgotten=forgotten,
+                    neighbours=snap.neighbours if snap is not None else None)
+    return Loaded(ranker, model.name, version, _as_of(snap))
+
+
+def _as_of(snap: Snapshot | None) -> datetime | None:
+    raw = (snap.manifest.get("as_of") if snap is not None else None) or None
+    if raw is None:
+        return None
+    try:
+        ts = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)

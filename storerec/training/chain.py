@@ -2,8 +2,10 @@
 each, publish one comparison report, and promote a champion the validation data can support: the
 best by NDCG@k when its per-user lead over every other candidate is beyond chance (95 %
 confidence interval of the paired difference above 0); otherwise the previous champion's model if
-it is among the tied, else the first tied model in ``training.model_prior``
-(:mod:`storerec.evaluation.significance`). The best other candidate becomes challenger.
+it is among the tied; else the tied candidates are scored again on older windows
+(``training.tie_windows``, :func:`_older_windows`) and compared on all windows pooled; still tied,
+the first of them in ``training.model_prior`` (``training.tie_break``,
+:mod:`storerec.evaluation.significance`). The best other candidate becomes challenger.
 
 Each model's parameters come from an automatic coordinate search (``training.search_trials``,
 ``training.search_seconds``) scored on an inner split cut from the train window, so the validation
@@ -16,15 +18,15 @@ from pathlib import Path
 import numpy as np
 from mlflow import MlflowClient
 
-from storerec.core.errors import NotFoundError
+from storerec.core.errors import NotFoundError, UserError
 from storerec.core.progress import Progress
 from storerec.core.settings import Settings
-from storerec.evaluation.significance import pick_champion
+from storerec.evaluation.significance import Decision, pick_champion
 from storerec.registry import tracking
 from storerec.training.compare import _context, default_report_dir, publish
-from storerec.training.pipeline import Tables, make_split
+from storerec.training.pipeline import Split, Tables, make_split, train_and_evaluate
 from storerec.training.train import TrainSummary, train_one
-from storerec.training.tune import search_inner
+from storerec.training.tune import inner_split, search_inner
 
 
 def train_register_promote(settings: Settings, data_dir: Path, progress: Progress) -> str:
@@ -36,6 +38,7 @@ def train_register_promote(settings: Settings, data_dir: Path, progress: Progres
         tables.release_events()  # read again for each refit on all data
     summaries: list[TrainSummary] = []
     searched: dict[str, str] = {}
+    chosen: dict[str, dict] = {}
     cfg = settings.training
     for name in cfg.run_models:
         with progress.step(f"{name}: automatic search (at most {cfg.search_trials} settings, {cfg.search_seconds:.0f} s)"):
@@ -43,12 +46,17 @@ def train_register_promote(settings: Settings, data_dir: Path, progress: Progres
                 settings, tables, split, name, max_trials=cfg.search_trials, budget_s=cfg.search_seconds, progress=progress
             )
         searched[name] = account
+        chosen[name] = params
         progress.info(f"{name}: {account}")
         summaries.append(train_one(settings, tables, split, name, params, register=True, progress=progress))
         tables.release_events()
     report = publish({s.model: s.metrics for s in summaries}, k, default_report_dir(), _context(split))
     name = settings.registered_model_name()
-    decision = pick_champion(_per_user_scores(summaries, k), settings.training.model_prior, _champion_model(client, name))
+    per_user = _per_user_scores(summaries, k)
+    previous = _champion_model(client, name)
+    decision = pick_champion(per_user, cfg.model_prior, previous, tie_break=cfg.tie_break)
+    if len(decision.tied) > 1 and previous not in decision.tied and cfg.tie_windows > 0:
+        decision = _older_windows(settings, tables, split, decision, per_user, chosen, previous, progress)
     by_model = {s.model: s for s in summaries}
     champion = by_model[decision.champion]
     tracking.set_alias(client, name, str(champion.version), "champion")
@@ -60,6 +68,54 @@ def train_register_promote(settings: Settings, data_dir: Path, progress: Progres
         lines.append(f"challenger: {others[0].model} (version {others[0].version})")
     lines.append(f"evaluation report: {report}")
     return "\n".join(lines)
+
+
+def _older_windows(
+    settings: Settings, tables: Tables, split: Split, decision: Decision, per_user: dict[str, np.ndarray],
+    chosen: dict[str, dict], previous: str | None, progress: Progress,
+) -> Decision:
+    """More evidence for candidates the validation window cannot separate: each tied candidate,
+    with its searched parameters, is fitted and scored again on ``training.tie_windows`` older
+    windows cut the same way. The first older window is the searches' inner split (it chose the
+    parameters, so it is skipped); the ones before it played no part in any choice. The per-user
+    scores of every window are pooled (users of different windows are independent samples) and
+    the candidates compared again; still tied, the tie-break decides as before."""
+    cfg = settings.training
+    k = cfg.k
+    pooled = {m: [per_user[m]] for m in decision.tied}
+    used = []
+    cur_tables, cur = tables, split
+    for depth in range(cfg.tie_windows + 1):
+        try:
+            cur_tables, cur = inner_split(settings, cur_tables, cur)
+        except UserError as exc:
+            progress.info(f"tie: no older window to compare on ({exc})")
+            break
+        if depth == 0:
+            continue  # the inner split: where the searches chose the parameters
+        with progress.step(f"tie between {', '.join(decision.tied)}: scoring them on an older window ({cur.params.get('split')}, "
+                           f"{cur.as_of:%Y-%m-%d})"):
+            scores = {}
+            for m in decision.tied:
+                res = train_and_evaluate(settings, cur_tables, cur, m, chosen.get(m) or None)
+                assert res.per_user is not None
+                scores[m] = res.per_user
+            users = scores[decision.tied[0]]["user_id"]
+            for m in decision.tied:
+                if not scores[m]["user_id"].equals(users):
+                    raise AssertionError("tied candidates were evaluated on different users")
+                pooled[m].append(scores[m]["ndcg"].to_numpy())
+        used.append(f"{cur.as_of:%Y-%m-%d}")
+    if not used:
+        return decision
+    joined = {m: np.concatenate(v) for m, v in pooled.items()}
+    again = pick_champion(joined, cfg.model_prior, previous, tie_break=cfg.tie_break)
+    means = ", ".join(f"{m} {float(np.mean(v)):.4f}" for m, v in joined.items())
+    listing = ", ".join(f"{d.other} {d.text()}" for d in decision.differences if d.other in decision.tied)
+    evidence = (f"the validation window cannot separate {decision.best} from {listing}; "
+                f"with {len(used)} older window(s) cut before {', '.join(used)} ({len(next(iter(joined.values()))):,} user scores each; "
+                f"mean ndcg@{k}: {means}): ")
+    return Decision(again.champion, again.best, again.tied, again.differences, evidence + again.reason)
 
 
 def _per_user_scores(summaries: list[TrainSummary], k: int) -> dict[str, np.ndarray]:

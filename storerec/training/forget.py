@@ -5,8 +5,8 @@ For each id it removes, in this order (each step atomic, each safe to run again)
 1. the data folder's tables: ``events``, ``users``, ``profiles/users.parquet``, the simulator's
    ground truth (``truth/*.parquet`` with a ``user_id`` column), and every quarantine CSV row
    that holds the id in any field;
-2. the event log (SQLite or PostgreSQL): the user's impressions, their feedback, and feedback
-   sent against those impressions' request ids;
+2. the event log (SQLite or PostgreSQL): the user's impressions, their feedback, feedback
+   sent against those impressions' request ids, and their tracked behaviour events (``POST /track``);
 3. then records the **hashed** id in ``<data>/forgotten.parquet`` (``storerec/features/forget.py``), so
    later imports drop the user's rows again and serving treats the id as unknown.
 
@@ -99,34 +99,38 @@ def _clean_quarantine(folder: Path, ids: set[str]) -> int:
     return removed
 
 
-def forget_event_log(url: str, ids: list[str]) -> tuple[int, int]:
-    """Delete the users' impressions and feedback (and feedback on their lists); returns
-    ``(impressions, feedback)`` deleted. A log that does not exist yet holds nothing."""
+def forget_event_log(url: str, ids: list[str]) -> tuple[int, int, int]:
+    """Delete the users' impressions, feedback (and feedback on their lists) and tracked
+    behaviour events; returns ``(impressions, feedback, behaviour)`` deleted. A log that does not
+    exist yet holds nothing; one from before the behaviour table (schema 0001) has none."""
     import sqlalchemy as sa
 
-    from storerec.events.eventlog import feedback, impressions, read_engine
+    from storerec.events.eventlog import behaviour, feedback, impressions, read_engine
 
     try:
         engine = read_engine(url)
     except UserError:
-        return 0, 0  # no event log: nothing logged, nothing to forget
-    n_imp = n_fb = 0
+        return 0, 0, 0  # no event log: nothing logged, nothing to forget
+    n_imp = n_fb = n_beh = 0
     try:
         with engine.begin() as conn:
             insp = sa.inspect(conn)
             if not (insp.has_table("impressions") and insp.has_table("feedback")):
-                return 0, 0
+                return 0, 0, 0
+            tracked = insp.has_table("behaviour")
             for start in range(0, len(ids), 500):
                 chunk = ids[start:start + 500]
                 theirs = sa.select(impressions.c.request_id).where(impressions.c.user_id.in_(chunk))
                 n_fb += conn.execute(sa.delete(feedback).where(sa.or_(feedback.c.user_id.in_(chunk), feedback.c.request_id.in_(theirs)))).rowcount
                 n_imp += conn.execute(sa.delete(impressions).where(impressions.c.user_id.in_(chunk))).rowcount
+                if tracked:
+                    n_beh += conn.execute(sa.delete(behaviour).where(behaviour.c.user_id.in_(chunk))).rowcount
     except sa.exc.SQLAlchemyError as exc:
         raise UserError(f"the event log could not be cleaned ({type(exc).__name__}): nothing was deleted there; "
                         "run `storerec forget-user` again when the database is reachable") from None
     finally:
         engine.dispose()
-    return n_imp, n_fb
+    return n_imp, n_fb, n_beh
 
 
 def forget_users(data_dir: Path, ids: list[str], eventlog_url: str | None) -> ForgetReport:
@@ -140,9 +144,10 @@ def forget_users(data_dir: Path, ids: list[str], eventlog_url: str | None) -> Fo
     report.rows["simulator truth"] = truth
     report.rows["quarantine files"] = _clean_quarantine(data_dir / "quarantine", set(ids))
     if eventlog_url:
-        imp, fb = forget_event_log(eventlog_url, ids)
+        imp, fb, beh = forget_event_log(eventlog_url, ids)
         report.rows["event log impressions"] = imp
         report.rows["event log feedback"] = fb
+        report.rows["event log behaviour"] = beh
     report.newly_recorded = record_forgotten(data_dir, ids)
     return report
 

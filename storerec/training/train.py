@@ -15,6 +15,7 @@ import polars as pl
 from storerec.core.progress import Progress
 from storerec.core.settings import Settings
 from storerec.core.tables import markdown_table
+from storerec.models.base import ModelBase
 from storerec.registry import tracking
 from storerec.training.pipeline import Prepared, Split, Tables, make_split, refit_full, train_and_evaluate
 
@@ -27,6 +28,7 @@ class TrainSummary:
     metrics: dict[str, float]
     seconds: dict[str, float]
     per_user: pl.DataFrame | None = None  # user_id, ndcg on the split (not logged; for the champion choice)
+    params: dict[str, Any] | None = None  # the run's parameters as logged (typed), for a later register_version
 
     def render(self, k: int = 10) -> str:
         keys = [f"ndcg@{k}", f"precision@{k}", f"recall@{k}", f"map@{k}", f"coverage@{k}", f"diversity@{k}"]
@@ -84,23 +86,39 @@ def train_one(
         seconds = dict(result.seconds)
         version = None
         if register:
-            model, prepared = result.model, result.prepared
-            if settings.training.refit_full:
-                del result, model, prepared  # the split's model and tables leave memory before the refit on all data
-                with progress.step(f"{name}: refit on all data for serving"):
-                    t0 = time.perf_counter()
-                    model, prepared = refit_full(settings, tables, name, overrides)
-                    seconds["refit_full"] = time.perf_counter() - t0
-            with progress.step(f"{name}: log and register"):
-                data = tracking.data_tags(tables.fingerprint, tables.source)
-                info = {"model": name, "params": params, "metrics": metrics, **data}
-                profiles, as_of = serving_profiles(settings, tables, prepared)
-                _, version = tracking.log_model_version(
-                    model=model, item_table=prepared.item_table, info=info, registered_model=settings.registered_model_name(), tags=data,
-                    profiles=profiles, events=tables.events, as_of=as_of,
-                )
+            fitted = None if settings.training.refit_full else (result.model, result.prepared)
+            del result  # with refit_full, the split's model and tables leave memory before the refit on all data
+            version = register_version(settings, tables, name, overrides, params, metrics, progress=progress, seconds=seconds, fitted=fitted)
         mlflow.log_metrics({f"seconds_{k}": v for k, v in seconds.items()})
-    return TrainSummary(name, run.info.run_id, version, metrics, seconds, per_user)
+    return TrainSummary(name, run.info.run_id, version, metrics, seconds, per_user, params)
+
+
+def register_version(
+    settings: Settings, tables: Tables, name: str, overrides: dict[str, Any] | None, params: dict[str, Any], metrics: dict[str, float], *,
+    progress: Progress, seconds: dict[str, float], fitted: tuple[ModelBase, Prepared] | None = None,
+) -> str:
+    """Log and register a version of ``name`` in the active MLflow run: refit on all data
+    (``training.refit_full``), else ``fitted`` (the split's model; fitted again on the split when
+    not given). ``params`` and ``metrics`` are those of the split's evaluation; ``seconds`` gains
+    the refit's time. Returns the version number."""
+    if settings.training.refit_full:
+        with progress.step(f"{name}: refit on all data for serving"):
+            t0 = time.perf_counter()
+            model, prepared = refit_full(settings, tables, name, overrides)
+            seconds["refit_full"] = time.perf_counter() - t0
+    elif fitted is not None:
+        model, prepared = fitted
+    else:
+        raise ValueError("register_version needs the fitted model when training.refit_full is off")
+    with progress.step(f"{name}: log and register"):
+        data = tracking.data_tags(tables.fingerprint, tables.source)
+        info = {"model": name, "params": params, "metrics": metrics, **data}
+        profiles, as_of = serving_profiles(settings, tables, prepared)
+        _, version = tracking.log_model_version(
+            model=model, item_table=prepared.item_table, info=info, registered_model=settings.registered_model_name(), tags=data,
+            profiles=profiles, events=tables.events, as_of=as_of,
+        )
+    return version
 
 
 def serving_profiles(settings: Settings, tables: Tables, prepared: Prepared) -> tuple[pl.DataFrame, datetime]:

@@ -8,10 +8,15 @@ a categorical one tries every value. Passes repeat until one brings no gain or t
 budget is spent, and a parameter set is never fitted twice. ``--random`` draws ``trials`` sets at
 random instead; ``--grid`` tries them all.
 
-``storerec tune`` scores trials on the validation window and reports it (one MLflow parent run per
-search, one nested run per trial). ``storerec run`` searches on an *inner* split cut from the
-train window (:func:`search_inner`), so that the validation figures it then reports and promotes
-on were not used to choose the parameters.
+Both ``storerec tune`` and ``storerec run`` score trials on an *inner* split cut from the train
+window the way the train window was cut from all events (:func:`inner_split`): the outer
+validation window plays no part in choosing the parameters. ``storerec run`` then evaluates each
+model on the outer window to crown a champion (:func:`search_inner`); ``storerec tune`` fits the
+chosen setting on the whole train window and evaluates it *once* on the outer validation window,
+the figure it reports as the estimate (:func:`run_tuning`; one MLflow parent run per search, one
+nested run per trial, every figure labelled with its window). The best inner figure is a
+selection score, optimistic by construction (it is the maximum over the trials); the outer figure
+is not.
 """
 
 from __future__ import annotations
@@ -251,6 +256,14 @@ def identity_of(settings: Settings, model: str) -> Callable[[dict[str, Any]], An
     return key
 
 
+def inner_split(settings: Settings, tables: Tables, split: Split) -> tuple[Tables, Split]:
+    """The inner split the searches score trials on: ``split.train`` cut again the way ``split``
+    was cut from all events (``training.split``). Raises :class:`UserError` when the train window
+    cannot be split again."""
+    inner_tables = Tables(split.train, tables.items, tables.users, tables.fingerprint + "-inner")
+    return inner_tables, make_split(inner_tables, settings.training)
+
+
 def search_inner(
     settings: Settings, tables: Tables, split: Split, model: str, *, max_trials: int, budget_s: float | None, progress: Progress
 ) -> tuple[dict[str, Any], SearchResult | None, str]:
@@ -259,9 +272,8 @@ def search_inner(
     the search, a one-line account); the defaults when the inner split is impossible."""
     if max_trials <= 1 or model not in SEARCH_SPACES:
         return {}, None, "defaults (no search)"
-    inner_tables = Tables(split.train, tables.items, tables.users, tables.fingerprint + "-inner")
     try:
-        inner = make_split(inner_tables, settings.training)
+        inner_tables, inner = inner_split(settings, tables, split)
     except UserError as exc:
         return {}, None, f"defaults (the train window cannot be split again for a search: {exc})"
     k = settings.training.k
@@ -288,16 +300,28 @@ def search_inner(
 
 @dataclass
 class TuneSummary:
+    """What ``storerec tune`` found: trials scored on the inner window (selection), the chosen
+    setting's metrics on the outer window (the estimate)."""
+
     model: str
     parent_run_id: str
-    trials: list[tuple[dict[str, Any], float]]
+    trials: list[tuple[dict[str, Any], float]]  # (parameters, inner-window score)
     best_params: dict[str, Any]
-    best_score: float
+    best_score: float  # the best inner-window score: what selected the setting
     metric: str
     registered: TrainSummary | None
+    outer: dict[str, float] = field(default_factory=dict)  # the chosen setting on the outer validation window
+    inner_window: str = ""
+    outer_window: str = ""
 
     def render(self) -> str:
-        lines = [f"{self.model}: {len(self.trials)} trials, best {self.metric}={self.best_score:.4f} with {self.best_params}"]
+        k = self.metric.split("@")[-1]
+        lines = [f"{self.model}: {len(self.trials)} trials scored on the inner validation window ({self.inner_window}; selection), "
+                 f"best {self.metric}={self.best_score:.4f} with {self.best_params or 'defaults'}"]
+        keys = [f"{m}@{k}" for m in ("ndcg", "precision", "recall", "map", "coverage", "diversity")]
+        figures = " ".join(f"{key}={self.outer[key]:.4f}" for key in keys if key in self.outer)
+        lines.append(f"  estimate on the outer validation window ({self.outer_window}; the chosen setting fitted on the whole train "
+                     f"window, evaluated once): {figures}")
         lines.append(f"  parent run {self.parent_run_id}")
         if self.registered:
             lines.append(f"  best registered as version {self.registered.version}")
@@ -312,6 +336,14 @@ def _model_reuse(model: str) -> AbstractContextManager[object]:
     return reuse_gram() if model == "ease" else nullcontext()
 
 
+def _window(split: Split) -> str:
+    """A split in a few words, for reports: ``temporal, last 14 days`` / ``last_fraction 20% per user``."""
+    p = split.params
+    if p.get("split") == "temporal":
+        return f"temporal: the last {p['split.test_days']} days"
+    return f"last_fraction: each user's last {p['split.test_fraction']:.0%}" + (" (random order)" if p.get("split.order") else "")
+
+
 def run_tuning(
     settings: Settings,
     data_dir: Path,
@@ -324,32 +356,45 @@ def run_tuning(
     progress: Progress,
 ) -> TuneSummary:
     """``storerec tune``: ``method`` is ``coordinate`` (the default, see the module docstring),
-    ``random`` (``trials`` sets drawn with ``seed``) or ``grid`` (every set)."""
+    ``random`` (``trials`` sets drawn with ``seed``) or ``grid`` (every set).
+
+    Trials are fitted on the inner train window and scored on the inner validation window
+    (:func:`inner_split`); the best setting is fitted on the whole (outer) train window and
+    evaluated once on the outer validation window, the reported estimate. With ``register`` that
+    fit is a registered version (refit on all data for serving, as ``storerec train``)."""
     tracking.configure(settings.mlflow)
     k = settings.training.k
     metric = f"ndcg@{k}"
-    with progress.step("load data and split"):
+    with progress.step("load data and split (outer, then inner from the train window)"):
         tables = Tables.load(data_dir)
         split = make_split(tables, settings.training)
         tables.release_events()  # the trials need the split only
+        try:
+            inner_tables, inner = inner_split(settings, tables, split)
+        except UserError as exc:
+            raise UserError(f"tune selects on an inner validation window cut from the train window, and it cannot be cut: {exc}") from None
+    inner_window, outer_window = f"{_window(inner)} of the train window", _window(split)
     extra = data_dimensions(settings, split.train)
     results: list[tuple[dict[str, Any], float]] = []
     cached = None
     with mlflow.start_run(run_name=f"tune-{model}") as parent, _model_reuse(model):
-        mlflow.set_tags({**tracking.standard_tags(tables.fingerprint, tables.source), "tune_model": model, "tune_method": method})
+        mlflow.set_tags({**tracking.standard_tags(tables.fingerprint, tables.source), "tune_model": model, "tune_method": method,
+                         "tune.selection_window": f"inner: {inner_window}", "tune.estimate_window": f"outer: {outer_window}"})
+        mlflow.log_params({f"inner.{key}": str(v)[:500] for key, v in inner.params.items()})
 
         def score(params: dict[str, Any]) -> float:
             nonlocal cached
-            res = train_and_evaluate(settings, tables, split, model, params, cached)
+            res = train_and_evaluate(settings, inner_tables, inner, model, params, cached)
             cached = res.prepared
             value = res.metrics[metric]
             results.append((params, value))
             with mlflow.start_run(run_name=f"trial-{len(results)}", nested=True):
+                mlflow.set_tag("window", "inner (selection)")
                 mlflow.log_params(res.params)
                 mlflow.log_metrics({tracking.metric_key(m): v for m, v in res.metrics.items()})
             best = max(s for _, s in results)
             progress.info(f"trial {len(results)}{'' if method == 'coordinate' else '/' + str(trials)}: "
-                          f"{metric}={value:.4f} (best {best:.4f}) {params or 'defaults'}")
+                          f"inner {metric}={value:.4f} (best {best:.4f}) {params or 'defaults'}")
             return value
 
         if method == "coordinate":
@@ -361,12 +406,18 @@ def run_tuning(
                 score(params)
         else:
             raise UserError(f"unknown search method {method!r}: coordinate, random or grid")
+        cached = None
         best_params, best_score = max(results, key=lambda r: r[1])
         mlflow.log_params({f"best.{key}": v for key, v in best_params.items()})
-        mlflow.log_metric(tracking.metric_key(f"best_{metric}"), best_score)
+        mlflow.log_metric(tracking.metric_key(f"inner_best_{metric}"), best_score)
         registered = None
         if register:
             registered = train_one(
                 settings, tables, split, model, best_params, register=True, progress=progress, run_name=f"{model}-tuned", nested=True
             )
-    return TuneSummary(model, parent.info.run_id, results, best_params, best_score, metric, registered)
+            outer = registered.metrics
+        else:
+            with progress.step(f"{model}: the chosen setting on the whole train window, evaluated on the outer window"):
+                outer = train_and_evaluate(settings, tables, split, model, best_params).metrics
+        mlflow.log_metrics({f"outer_{tracking.metric_key(m)}": v for m, v in outer.items()})
+    return TuneSummary(model, parent.info.run_id, results, best_params, best_score, metric, registered, outer, inner_window, outer_window)
