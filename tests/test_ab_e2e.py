@@ -218,6 +218,15 @@ def test_good_model_beats_weak_model(env) -> None:
         assert comps[metric]["p_value"] < 0.05 and comps[metric]["diff_ci"][0] > 0, comps[metric]
     assert not res["srm"]["flagged"]
     assert (env["root"] / "report-ab" / "report.html").exists() and (env["root"] / "report-ab" / "ab.png").exists()
+    # the report's run is in the A/B report experiment, apart from training's
+    from storerec.registry import tracking
+
+    c = tracking.configure(env["settings"].mlflow)
+    exp = c.get_experiment_by_name("storerec/ab-report")
+    runs = c.search_runs([exp.experiment_id], "tags.kind = 'ab-report'")
+    assert [r.info.run_name for r in runs] == ["ab-report ab"] and "srm.p_value" in runs[0].data.metrics
+    train = c.get_experiment_by_name("storerec/train")
+    assert train is None or not c.search_runs([train.experiment_id], "tags.kind = 'ab-report'")
 
 
 def test_cli_report_replay_and_export(env) -> None:

@@ -125,9 +125,11 @@ enabled = false
 def test_the_registry_records_served_artifact_uris(server, trained) -> None:
     client = MlflowClient(tracking_uri=server["url"])
     version = client.get_model_version(REGISTERED, "1")
+    run = client.get_run(version.run_id)
+    assert client.get_experiment(run.info.experiment_id).name == "storerec/train"  # the job's experiment, made by the server
     uris = {
-        "experiment": client.get_experiment_by_name("storerec").artifact_location,
-        "run": client.get_run(version.run_id).info.artifact_uri,
+        "experiment": client.get_experiment_by_name("storerec/train").artifact_location,
+        "run": run.info.artifact_uri,
         "version": client.get_model_version_download_uri(REGISTERED, "1"),
     }
     for what, uri in uris.items():
@@ -136,6 +138,15 @@ def test_the_registry_records_served_artifact_uris(server, trained) -> None:
     # the files are where the server keeps them, the serving snapshot included
     stored = server["artifacts"] / uris["version"].removeprefix("mlflow-artifacts:/")
     assert (stored / "MLmodel").exists() and (stored / "artifacts" / "serving" / "manifest.json").exists()
+    # the signature and input example travel through the server too
+    import mlflow
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", server["url"])
+        mlflow.set_tracking_uri(server["url"])
+        info = mlflow.models.get_model_info(f"models:/{REGISTERED}/1")
+    assert info.signature.inputs.input_names() == ["user_id", "k"] and info.saved_input_example_info is not None
+    assert version.tags["model"] == "als" and version.tags["split"] and version.description.startswith("als trained on data (")
 
 
 def test_serve_and_promote_against_the_server(server, trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -211,6 +222,12 @@ def test_configure_leaves_artifacts_to_the_server(server, tmp_path: Path) -> Non
     from storerec.core.settings import MlflowSettings
 
     settings = MlflowSettings(tracking_uri=server["url"], artifact_root=tmp_path / "never", experiment="storerec-other")
-    client = tracking.configure(settings)
-    assert client.get_experiment_by_name("storerec-other").artifact_location.startswith("mlflow-artifacts:/")
+    client = tracking.configure(settings)  # a reader: opens the store, makes no experiment
+    assert client.get_experiment_by_name("storerec-other") is None
+    for kind in ("tune", "ab-report"):
+        client = tracking.configure(settings, kind=kind)
+        assert client.get_experiment_by_name(f"storerec-other/{kind}").artifact_location.startswith("mlflow-artifacts:/")
+    import mlflow
+
+    assert mlflow.get_experiment(mlflow.tracking.fluent._get_experiment_id()).name == "storerec-other/ab-report"  # the active one
     assert not (tmp_path / "never").exists()

@@ -274,6 +274,12 @@ def _client(env: dict[str, Any]) -> Any:
     return tracking.configure(load_settings(env["cfg"], environ={}).mlflow)
 
 
+def mlflow_signature(uri: str) -> Any:
+    import mlflow
+
+    return mlflow.models.get_model_info(uri).signature
+
+
 def _alias(env: dict[str, Any], alias: str) -> str:
     return str(_client(env).get_model_version_by_alias(NAME, alias).version)
 
@@ -325,8 +331,22 @@ def test_retrain_promotes_keeps_refuses_and_reloads(env: dict[str, Any], capsys:
     assert _alias(env, "champion") == "5"
     # the decision and its evidence are in MLflow
     c = _client(env)
-    runs = c.search_runs([c.get_experiment_by_name("storerec").experiment_id], "tags.kind = 'retrain'", order_by=["start_time ASC"])
+    exp = c.get_experiment_by_name("storerec/retrain").experiment_id
+    runs = c.search_runs([exp], "tags.kind = 'retrain'", order_by=["start_time ASC"])
     assert [r.data.tags["retrain.decision"] for r in runs] == ["promoted", "promoted", "kept", "kept", "promoted"]
+    # the nested runs (candidates, the champion's refit) and the registered versions' runs stay in the parent's experiment
+    nested = c.search_runs([exp], f"tags.mlflow.parentRunId = '{runs[-1].info.run_id}'")
+    assert {r.info.run_name for r in nested} >= {"als-candidate", "champion-v2-refit"}, [r.info.run_name for r in nested]
+    assert c.get_experiment_by_name("storerec/train") is None and c.get_experiment_by_name("storerec") is None
+    # each version: the gate's verdict on it, in its tags and the last line of its description
+    verdicts = {v: c.get_model_version(NAME, v) for v in ("1", "2", "3", "4", "5")}
+    assert {v: m.tags["gate.decision"] for v, m in verdicts.items()} == {"1": "promoted", "2": "promoted", "3": "refused", "4": "refused",
+                                                                         "5": "promoted"}
+    assert verdicts["3"].tags["gate.reason"].startswith("refused: same data as the champion"), verdicts["3"].tags
+    assert verdicts["4"].description.splitlines()[-1].startswith("retrain gate: refused: "), verdicts["4"].description
+    assert verdicts["4"].description.startswith("bpr trained on data (") and verdicts["4"].tags["model"] == "bpr"
+    assert all(c.get_run(m.run_id).info.experiment_id == exp for m in verdicts.values())
+    assert mlflow_signature(f"models:/{NAME}/5") is not None
     assert all(r.info.run_name.startswith("retrain-") for r in runs)
     last_run = runs[-1]
     assert last_run.data.metrics["gate_promote"] == 1.0 and "gate_ndcg_at_10_diff_low" in last_run.data.metrics
@@ -384,6 +404,8 @@ def test_a_champion_moved_meanwhile_is_not_overwritten(env: dict[str, Any], caps
     assert "the champion alias moved during this retrain" in out and "registered as challenger, not promoted" in out
     moved = "1" if before != "1" else "2"
     assert _alias(env, "champion") == moved and _alias(env, "challenger") not in (before, moved)
+    version = _client(env).get_model_version_by_alias(NAME, "challenger")
+    assert version.tags["gate.decision"] == "conflict" and version.tags["gate.reason"].startswith("the champion alias moved")
 
 
 def _champion_or_none(env: dict[str, Any]) -> str | None:

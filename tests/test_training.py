@@ -90,6 +90,28 @@ def test_train_logs_a_run_and_registers_a_self_contained_version(env, capsys, tm
 
     pred = pyfunc.predict(pd.DataFrame({"user_id": users, "k": 5}))
     assert len(pred) == 25
+    # the run is in the train experiment; the version has a signature, an input example, a description and tags
+    assert c.get_experiment(r.info.experiment_id).name == "storerec/train"
+    info = mlflow.models.get_model_info(f"models:/{NAME}/1")
+    assert info.signature is not None
+    assert info.signature.inputs.input_names() == ["user_id", "k"] and info.signature.inputs.has_input_names()
+    assert [c.name for c in info.signature.inputs.inputs if not c.required] == ["k"]
+    assert info.signature.outputs.input_names() == ["user_id", "item_id", "score", "rank"]
+    example = mlflow.models.Model.load(f"models:/{NAME}/1").load_input_example()
+    assert list(example.columns) == ["user_id", "k"] and len(example) == 1 and example["k"].iloc[0] == 10
+    assert example["user_id"].iloc[0] in set(model.users.external.tolist())  # an id the model holds already
+    assert len(pyfunc.predict(example)) == 10
+    tags = version.tags
+    assert tags["model"] == "als" and tags["data_folder"] == "data" and tags["data_fingerprint"] == r.data.tags["data_fingerprint"]
+    assert tags["split"] == "last_fraction" and tags["split.test_fraction"] == "0.2"
+    assert tags["split.reason"] == r.data.params["split.reason"]
+    for m in ("ndcg_at_10", "coverage_at_10", "diversity_at_10", "recall_at_10"):
+        assert float(tags[m]) == pytest.approx(r.data.metrics[m], rel=1e-5), m
+    lines = version.description.splitlines()
+    assert lines[0] == f"als trained on data ({tags['data_fingerprint'][:8]}) at {env['data'].resolve()}", lines
+    assert lines[1].startswith("validation split: split=last_fraction, split.test_fraction=0.2"), lines
+    assert lines[2] == f"validation metrics: ndcg@10={r.data.metrics['ndcg_at_10']:.4f}, recall@10={r.data.metrics['recall_at_10']:.4f}, " \
+                       f"coverage@10={r.data.metrics['coverage_at_10']:.4f}, diversity@10={r.data.metrics['diversity_at_10']:.4f}", lines
 
 
 def test_promote_and_models(env, capsys) -> None:
@@ -170,7 +192,8 @@ def test_tune_selects_on_the_inner_window_and_reports_the_outer_once(env, capsys
                                "fitted on the whole train window, evaluated once): ndcg@10="), out
     parent_id = out.split("parent run ")[1].split()[0]
     c = client(env)
-    exp = c.get_experiment_by_name("storerec")
+    exp = c.get_experiment_by_name("storerec/tune")
+    assert c.get_run(parent_id).info.experiment_id == exp.experiment_id
     children = c.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
     assert len(children) == 2 and all("ndcg_at_10" in r.data.metrics and r.data.tags["window"] == "inner (selection)" for r in children)
     parent = c.get_run(parent_id)
@@ -200,9 +223,11 @@ def test_evaluate_writes_and_logs_a_report(env, capsys, tmp_path) -> None:
     text = (out / "report.md").read_text()
     assert "popularity" in text and "itemknn" in text and "segment" in text
     c = client(env)
-    exp = c.get_experiment_by_name("storerec")
+    exp = c.get_experiment_by_name("storerec/evaluate")
     runs = c.search_runs([exp.experiment_id], "tags.kind = 'evaluation'")
     assert runs and any("popularity/ndcg_at_10" in r.data.metrics for r in runs)
+    others = [e.experiment_id for e in c.search_experiments() if e.name not in ("storerec/evaluate", "storerec/train")]  # run: its own report
+    assert not c.search_runs(others, "tags.kind = 'evaluation'"), "evaluation runs only in the evaluate experiment"
 
 
 def test_evaluate_runs_compares_logged_runs(env, capsys, tmp_path) -> None:
@@ -236,6 +261,11 @@ def test_run_chain_promotes_the_best(env, capsys) -> None:
     c = client(env)
     champ = c.get_model_version_by_alias(NAME, "champion")
     chall = c.get_model_version_by_alias(NAME, "challenger")
+    # `storerec run` trains: its runs (and its evaluation report) are in the train experiment
+    train_exp = c.get_experiment_by_name("storerec/train").experiment_id
+    assert c.get_run(champ.run_id).info.experiment_id == train_exp and c.get_run(chall.run_id).info.experiment_id == train_exp
+    assert c.search_runs([train_exp], "tags.kind = 'evaluation'")
+    assert champ.description and champ.tags["split"] and "ndcg_at_10" in champ.tags
     score = lambda v: c.get_run(v.run_id).data.metrics["ndcg_at_10"]
     model = lambda v: c.get_run(v.run_id).data.params["model"]
     line = next(ln for ln in out.splitlines() if ln.startswith("champion:"))

@@ -185,7 +185,12 @@ class MlflowSettings(ConfigModel):
         "see Settings.registered_model_name). Set it to share one name across folders (e.g. \"storerec\" for a store "
         "made before names per folder).",
     )
-    experiment: str = "storerec"
+    experiment: str = Field(
+        "storerec",
+        description="Base name of the MLflow experiments: each job logs its runs to <experiment>/<kind>, kind one of "
+        "train (train, run), tune, evaluate (evaluate, replay), ab-report, retrain. A store made before that "
+        "keeps its runs in the experiment of this name.",
+    )
 
     def resolved_tracking_uri(self) -> str:
         return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlruns/mlflow.db"

@@ -172,8 +172,32 @@ def retry_locked(fn: Callable[[], T], uri: str, action: str, budget_s: float = L
             delay = min(delay * 2, 2.0)
 
 
-def configure(cfg: MlflowSettings) -> MlflowClient:
-    """Point MLflow at the configured store and make sure the experiment exists.
+# The experiment of each job kind, ``<mlflow.experiment>/<kind>`` (experiment_name); a job's
+# nested runs stay in its experiment (`storerec run` and `tune --register` train inside theirs).
+EXPERIMENT_KINDS = {
+    "train": "storerec train and storerec run (their training runs and run's evaluation report)",
+    "tune": "storerec tune: the parent run, its trials and the tuned fit",
+    "evaluate": "storerec evaluate / compare-runs / replay: the evaluation reports",
+    "ab-report": "storerec ab-report: the A/B reports",
+    "retrain": "storerec retrain: the parent run, its candidates and the champion's refit",
+}
+
+
+def experiment_name(cfg: MlflowSettings, kind: str) -> str:
+    """``storerec/train`` for ``kind="train"`` (base ``mlflow.experiment``). The base experiment
+    itself held every run before experiments per job; its runs stay there, and nothing reads runs
+    by experiment (versions are found by registered model name, runs by id)."""
+    if kind not in EXPERIMENT_KINDS:
+        raise ValueError(f"unknown experiment kind {kind!r}: one of {', '.join(EXPERIMENT_KINDS)}")
+    return f"{cfg.experiment}/{kind}"
+
+
+def configure(cfg: MlflowSettings, kind: str | None = None) -> MlflowClient:
+    """Point MLflow at the configured store; with ``kind`` (a job that logs runs:
+    :data:`EXPERIMENT_KINDS`), make sure the job's experiment (:func:`experiment_name`) exists and
+    make it the active one. Without ``kind`` (commands that only read the registry: serve,
+    models, promote; or a helper inside a job) no experiment is created and the active one is
+    left alone, so a job's nested runs stay in its experiment.
 
     The default store is ``sqlite:///mlruns/mlflow.db`` with artifacts in ``mlruns/artifacts``;
     ``MLFLOW_TRACKING_URI`` or ``mlflow.tracking_uri`` select any other store. A SQLite store
@@ -194,33 +218,43 @@ def configure(cfg: MlflowSettings) -> MlflowClient:
     for name in ("mlflow.store.db.utils", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     uri = cfg.resolved_tracking_uri()
-    server = is_server(uri)
-    if server:
+    if is_server(uri):
         check_server(uri)
     with store_lock(uri), store_access(uri, "open the tracking store"):
         mlflow.set_tracking_uri(uri)
         client = MlflowClient(tracking_uri=uri)
-        experiment = client.get_experiment_by_name(cfg.experiment)  # creates and migrates a new local store
-        if experiment is None:
-            location = None  # a server's default: where it keeps artifacts
-            if not server:
-                root = Path(cfg.artifact_root).resolve()
-                root.mkdir(parents=True, exist_ok=True)
-                location = root.as_uri()
-            try:
-                client.create_experiment(cfg.experiment, artifact_location=location)
-            except mlflow.exceptions.MlflowException as exc:
-                if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # another job (on a server store) made it first
-                    raise
-            experiment = client.get_experiment_by_name(cfg.experiment)
-        if server and experiment is not None and _local_location(experiment.artifact_location):
-            logging.getLogger("storerec.tracking").warning(
-                "MLflow server %s keeps the artifacts of experiment %r at %s, a path on the machine that writes them: "
-                "replicas elsewhere cannot read them unless it is a shared mount; run the server with --serve-artifacts "
-                "(docs/deploy.md, \"Remote MLflow\")", uri, cfg.experiment, experiment.artifact_location)
+        client.search_experiments(max_results=1)  # the first read creates and migrates a new local store
         client.search_registered_models(max_results=1)  # the registry's store opens here too, under the lock
-        mlflow.set_experiment(cfg.experiment)
+        if kind is not None:
+            name = experiment_name(cfg, kind)
+            _ensure_experiment(client, cfg, name, uri)
+            mlflow.set_experiment(name)
     return client
+
+
+def _ensure_experiment(client: MlflowClient, cfg: MlflowSettings, name: str, uri: str) -> Any:
+    """The experiment ``name``, created when missing: on a local store with its artifacts in
+    ``mlflow.artifact_root``, on a server where the server keeps artifacts (see :func:`configure`)."""
+    server = is_server(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        location = None  # a server's default: where it keeps artifacts
+        if not server:
+            root = Path(cfg.artifact_root).resolve()
+            root.mkdir(parents=True, exist_ok=True)
+            location = root.as_uri()
+        try:
+            client.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # another job (on a server store) made it first
+                raise
+        experiment = client.get_experiment_by_name(name)
+    if server and experiment is not None and _local_location(experiment.artifact_location):
+        logging.getLogger("storerec.tracking").warning(
+            "MLflow server %s keeps the artifacts of experiment %r at %s, a path on the machine that writes them: "
+            "replicas elsewhere cannot read them unless it is a shared mount; run the server with --serve-artifacts "
+            "(docs/deploy.md, \"Remote MLflow\")", uri, name, experiment.artifact_location)
+    return experiment
 
 
 def _local_location(location: str | None) -> bool:
@@ -245,11 +279,62 @@ class StorerecPyfunc(PythonModel):
         self.model = ModelBase.load(context.artifacts[ARTIFACT_MODEL])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        # ``k`` from the params (MLflow passes them only when the model has a signature) or
-        # from a ``k`` column, else 10.
+        # ``k`` from the params (MLflow passes them only when the model's signature declares
+        # them: none of ours do) or from a ``k`` column, else 10.
         k = int((params or {}).get("k", model_input["k"].iloc[0] if "k" in model_input.columns and len(model_input) else 10))
         reco = self.model.recommend(model_input["user_id"].astype(str).tolist(), k=k)
         return reco.to_pandas()
+
+
+def pyfunc_signature() -> Any:
+    """What :meth:`StorerecPyfunc.predict` takes and returns: a frame of ``user_id`` (strings)
+    with an optional ``k`` column (items per user, the first row's counts), and a frame of
+    ``user_id, item_id, score, rank`` (:meth:`ModelBase.recommend`). ``k`` is a column, not an
+    MLflow param: a declared param would be passed with its default on every call and override
+    the column."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    inputs = Schema([ColSpec("string", "user_id"), ColSpec("long", "k", required=False)])
+    outputs = Schema([ColSpec("string", "user_id"), ColSpec("string", "item_id"), ColSpec("float", "score"),
+                      ColSpec("integer", "rank")])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def pyfunc_input_example(model: Any, k: int = 10) -> pd.DataFrame:
+    """One row: the model's first known user (an id its artifacts hold already, so nothing
+    leaks; an unknown id would get no rows) and ``k``; a placeholder id for a model without users."""
+    users = getattr(model, "users", None)
+    user = str(users.external[0]) if users is not None and len(users.external) else "example-user"
+    return pd.DataFrame({"user_id": [user], "k": [int(k)]})
+
+
+def version_description(info: dict[str, Any], k: int = 10) -> str:
+    """The registered version's description: model, data set, split and headline metrics."""
+    metrics = info.get("metrics") or {}
+    split = info.get("split") or {}
+    head = ", ".join(f"{m}={metrics[m]:.4f}" for m in (f"ndcg@{k}", f"recall@{k}", f"coverage@{k}", f"diversity@{k}") if m in metrics)
+    where = ", ".join(f"{key}={value}" for key, value in split.items() if key != "split.reason")
+    data = describe_data({key: str(v) for key, v in info.items() if key in (TAG_DATA_FOLDER, TAG_FINGERPRINT)})
+    return "\n".join([
+        f"{info.get('model', '?')} trained on {data}" + (f" at {info[TAG_DATA_DIR]}" if info.get(TAG_DATA_DIR) else ""),
+        f"validation split: {where or 'not recorded'}",
+        f"validation metrics: {head or 'not recorded'}",
+    ])
+
+
+def version_tags(info: dict[str, Any], k: int = 10) -> dict[str, str]:
+    """Version tags beyond the data set's (:func:`data_tags`): the model, the split's parameters
+    (``split``, ``split.*``) and the headline metrics (``ndcg_at_10``, ``coverage_at_10``,
+    ``diversity_at_10``, ``recall_at_10``), so that versions can be searched and compared
+    without opening their runs."""
+    tags = {"model": str(info.get("model", ""))} if info.get("model") else {}
+    tags.update({key: str(value)[:5000] for key, value in (info.get("split") or {}).items()})
+    metrics = info.get("metrics") or {}
+    for name in (f"ndcg@{k}", f"recall@{k}", f"coverage@{k}", f"diversity@{k}"):
+        if name in metrics:
+            tags[metric_key(name)] = f"{float(metrics[name]):.6g}"
+    return tags
 
 
 def log_model_version(
@@ -262,9 +347,13 @@ def log_model_version(
     profiles: Any = None,
     events: Any = None,
     as_of: Any = None,
+    k: int = 10,
 ) -> tuple[str, str]:
     """Log the model as a pyfunc in the active run and register it with version ``tags`` (the
-    data it was trained on, :func:`data_tags`); returns (model_uri, version).
+    data it was trained on, :func:`data_tags`) and those of ``info`` (:func:`version_tags`:
+    model, split, headline metrics at ``k``) and a description (:func:`version_description`);
+    returns (model_uri, version). The pyfunc has a signature (:func:`pyfunc_signature`) and a
+    one-row input example (:func:`pyfunc_input_example`).
 
     ``profiles`` and ``events`` (polars frames; the events' four columns are kept) become the
     version's serving snapshot (``artifacts/serving/``, with a manifest: row counts, ``as_of``,
@@ -286,8 +375,10 @@ def log_model_version(
             write_snapshot(Path(tmp), profiles=profiles, events=events, as_of=as_of, fingerprint=(tags or {}).get(TAG_FINGERPRINT),
                            model=model, item_table=item_table)  # with the items' neighbour lists (found once, not at every start)
             artifacts[SNAPSHOT_DIR] = str(Path(tmp) / SNAPSHOT_DIR)
-        # the pyfunc takes/returns pandas frames without a fixed signature, and the wrapper class is
-        # importable: MLflow's warnings about both are expected, so keep them off the console
+        # the wrapper's predict has no type hints (the signature is given) and the class is
+        # importable: MLflow's warnings about both are expected, so keep them off the console.
+        # MLflow checks the input example by loading the logged model once and predicting it (one
+        # user: the model's load, no scoring of the catalogue); a failure there is its warning.
         pyfunc_log = logging.getLogger("mlflow.pyfunc")
         level = pyfunc_log.level
         pyfunc_log.setLevel(logging.ERROR)
@@ -297,15 +388,37 @@ def log_model_version(
                 python_model=StorerecPyfunc(),
                 artifacts=artifacts,
                 pip_requirements=[f"storerec=={__version__}"],
+                signature=pyfunc_signature(),
+                input_example=pyfunc_input_example(model, k),
             )
         finally:
             pyfunc_log.setLevel(level)
     uri = mlflow.get_tracking_uri()
+    all_tags = {**version_tags(info, k), **(tags or {})}
     version = retry_locked(
-        lambda: mlflow.register_model(logged.model_uri, registered_model, tags=tags or None),
+        lambda: mlflow.register_model(logged.model_uri, registered_model, tags=all_tags or None),
         uri, f"register a version of {registered_model}",
     )
+    client = MlflowClient(tracking_uri=uri)
+    retry_locked(lambda: client.update_model_version(registered_model, str(version.version), description=version_description(info, k)),
+                 uri, f"describe version {version.version} of {registered_model}")
     return logged.model_uri, str(version.version)
+
+
+def annotate_version(client: MlflowClient, registered_model: str, version: str, tags: dict[str, str], note: str | None = None) -> None:
+    """Add ``tags`` to a registered version and ``note`` as a last line of its description
+    (e.g. the retrain gate's decision, known only after registration)."""
+    uri = mlflow.get_tracking_uri()
+    def tag(key: str, value: str) -> Callable[[], None]:
+        return lambda: client.set_model_version_tag(registered_model, version, key, value)
+
+    for key, value in tags.items():
+        retry_locked(tag(key, value), uri, f"tag version {version} of {registered_model}")
+    if note:
+        current = client.get_model_version(registered_model, version).description or ""
+        text = f"{current}\n{note}" if current else note
+        retry_locked(lambda: client.update_model_version(registered_model, version, description=text[:5000]),
+                     uri, f"describe version {version} of {registered_model}")
 
 
 def data_tags(fingerprint: str, data_dir: Path | str | None) -> dict[str, str]:

@@ -209,7 +209,7 @@ def ab_report(settings: Any, name: str, out: Path, *, experiments_file: Path | N
 
         from storerec.registry import tracking
 
-        tracking.configure(settings.mlflow)
+        tracking.configure(settings.mlflow, kind="ab-report")
         with mlflow.start_run(run_name=f"ab-report {exp.name}"):
             mlflow.set_tag("kind", "ab-report")
             mlflow.log_params({"experiment": exp.name, "salt": exp.salt, "control": exp.control.name,

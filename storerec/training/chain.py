@@ -30,7 +30,7 @@ from storerec.training.tune import inner_split, search_inner
 
 
 def train_register_promote(settings: Settings, data_dir: Path, progress: Progress) -> str:
-    client = tracking.configure(settings.mlflow)
+    client = tracking.configure(settings.mlflow, kind="train")  # its runs and evaluation report: the train experiment
     k = settings.training.k
     with progress.step("load data and split"):
         tables = Tables.load(data_dir)

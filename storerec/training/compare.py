@@ -23,7 +23,8 @@ def default_report_dir() -> Path:
 
 
 def publish(results: dict[str, dict[str, float]], k: int, out: Path, context: dict[str, Any]) -> Path:
-    """Write the report and log it (and each model's headline metrics) as an MLflow run."""
+    """Write the report and log it (and each model's headline metrics) as an MLflow run, in the
+    active experiment: the caller's job's (``evaluate``; ``train`` for ``storerec run``)."""
     path = write_report(results, k, out, context)
     with mlflow.start_run(run_name="evaluate"):
         mlflow.set_tag("kind", "evaluation")
@@ -42,7 +43,7 @@ def compare_models(
 
     With ``pipeline``, each model is also evaluated through the serving pipeline (filters,
     extra candidates, diversity re-ranking): rows ``<model> · served, ...``."""
-    tracking.configure(settings.mlflow)
+    tracking.configure(settings.mlflow, kind="evaluate")
     with progress.step("load data and split"):
         tables = Tables.load(data_dir)
         split = make_split(tables, settings.training)
@@ -62,7 +63,7 @@ def compare_models(
 
 def compare_runs(settings: Settings, run_ids: list[str], out: Path | None) -> Path:
     """Report on logged training runs; refuses runs evaluated on different splits."""
-    client = tracking.configure(settings.mlflow)
+    client = tracking.configure(settings.mlflow, kind="evaluate")
     results: dict[str, dict[str, float]] = {}
     splits = {}
     for run_id in run_ids:
@@ -118,7 +119,7 @@ def replay_versions(settings: Settings, data_dir: Path, ref_a: str, ref_b: str, 
     """Refit two registered versions' models on the same split and compare them, raw and served."""
     from storerec.training.pipeline import evaluate_served
 
-    tracking.configure(settings.mlflow)
+    tracking.configure(settings.mlflow, kind="evaluate")
     with progress.step("load data and split"):
         tables = Tables.load(data_dir)
         split = make_split(tables, settings.training)

@@ -236,7 +236,7 @@ def retrain(settings: Settings, data_dir: Path, progress: Progress) -> RetrainOu
 
 
 def _train_and_gate(settings: Settings, data_dir: Path, progress: Progress, out: RetrainOutcome) -> None:
-    client = tracking.configure(settings.mlflow)
+    client = tracking.configure(settings.mlflow, kind="retrain")  # the parent run and its nested runs: <mlflow.experiment>/retrain
     cfg, k = settings.training, settings.training.k
     registered = settings.registered_model_name()
     with progress.step("load data and split"):
@@ -297,6 +297,7 @@ def _train_and_gate(settings: Settings, data_dir: Path, progress: Progress, out:
             before = champ_version.version if champ_version is not None else None
             if (now.version if now is not None else None) != before:
                 tracking.set_alias(client, registered, version, "challenger")
+                _tag_gate(client, registered, version, "conflict", f"the champion alias moved during the retrain; {result.reason}")
                 _log_gate(parent.info.run_id, "conflict", result, evidence, version, champ_version, best, pick.reason, k)
                 raise RetrainConflict(
                     f"the champion alias moved during this retrain (version {before or 'none'} -> {now.version if now else 'none'}): "
@@ -306,6 +307,7 @@ def _train_and_gate(settings: Settings, data_dir: Path, progress: Progress, out:
             tracking.set_alias(client, registered, version, "challenger")
         for key, value in (("retrain.decision", decision), ("retrain.reason", result.reason[:5000]), ("retrain.run_id", parent.info.run_id)):
             client.set_model_version_tag(registered, version, key, value)
+        _tag_gate(client, registered, version, "promoted" if result.promote else "refused", result.reason)
         _log_gate(parent.info.run_id, decision, result, evidence, version, champ_version, best, pick.reason, k)
 
     out.promoted = result.promote
@@ -324,6 +326,14 @@ def _train_and_gate(settings: Settings, data_dir: Path, progress: Progress, out:
     else:
         out.lines.append(f"KEPT: {_describe(champ_version)} stays champion; {best.model} version {version} is challenger, {result.reason}")
     out.lines.append(f"evidence: MLflow run retrain-{started} ({parent.info.run_id}), artifact retrain/gate.json")
+
+
+def _tag_gate(client: Any, registered: str, version: str, verdict: str, reason: str) -> None:
+    """The gate's verdict on this version (``gate.decision``: promoted, refused — it stays
+    challenger —, or conflict) and why (``gate.reason``), also as the description's last line.
+    ``retrain.decision`` says what happened to the champion (promoted/kept)."""
+    tracking.annotate_version(client, registered, version, {"gate.decision": verdict, "gate.reason": reason[:5000]},
+                              note=f"retrain gate: {verdict}: {reason}")
 
 
 def _users(per_user: Any) -> np.ndarray:

@@ -112,11 +112,12 @@ def register_version(
         raise ValueError("register_version needs the fitted model when training.refit_full is off")
     with progress.step(f"{name}: log and register"):
         data = tracking.data_tags(tables.fingerprint, tables.source)
-        info = {"model": name, "params": params, "metrics": metrics, **data}
+        split = {key: v for key, v in params.items() if key == "split" or key.startswith("split.")}  # the evaluation's split (Split.params)
+        info = {"model": name, "params": params, "metrics": metrics, "split": split, **data}
         profiles, as_of = serving_profiles(settings, tables, prepared)
         _, version = tracking.log_model_version(
             model=model, item_table=prepared.item_table, info=info, registered_model=settings.registered_model_name(), tags=data,
-            profiles=profiles, events=tables.events, as_of=as_of,
+            profiles=profiles, events=tables.events, as_of=as_of, k=settings.training.k,
         )
     return version
 
@@ -147,8 +148,8 @@ def _report_markdown(name: str, metrics: dict[str, float], params: dict[str, Any
 
 def run_training(settings: Settings, data_dir: Path, model: str, overrides: dict[str, Any] | None = None, *,
                  register: bool = True, progress: Progress) -> TrainSummary:
-    """Entry point of ``storerec train``."""
-    tracking.configure(settings.mlflow)
+    """Entry point of ``storerec train``: its run goes to the ``<mlflow.experiment>/train`` experiment."""
+    tracking.configure(settings.mlflow, kind="train")
     with progress.step("load data and split"):
         tables = Tables.load(data_dir)
         split = make_split(tables, settings.training)

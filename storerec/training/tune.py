@@ -361,8 +361,9 @@ def run_tuning(
     Trials are fitted on the inner train window and scored on the inner validation window
     (:func:`inner_split`); the best setting is fitted on the whole (outer) train window and
     evaluated once on the outer validation window, the reported estimate. With ``register`` that
-    fit is a registered version (refit on all data for serving, as ``storerec train``)."""
-    tracking.configure(settings.mlflow)
+    fit is a registered version (refit on all data for serving, as ``storerec train``). The runs
+    (parent, trials, the tuned fit) go to the ``<mlflow.experiment>/tune`` experiment."""
+    tracking.configure(settings.mlflow, kind="tune")
     k = settings.training.k
     metric = f"ndcg@{k}"
     with progress.step("load data and split (outer, then inner from the train window)"):
