@@ -294,6 +294,7 @@ def test_a_tie_is_decided_on_older_windows_pooled(env) -> None:
     from storerec.training.tune import inner_split
 
     settings = load_settings(env["cfg"], environ={})
+    settings = settings.model_copy(update={"training": settings.training.model_copy(update={"tie_windows": 1})})
     tables = Tables.load(env["data"])
     split = make_split(tables, settings.training)
     val = {m: train_and_evaluate(settings, tables, split, m).per_user["ndcg"].to_numpy() for m in ("popularity", "als")}

@@ -218,11 +218,11 @@ class TrainingSettings(ConfigModel):
         True, description="After evaluating on the split, refit on all data for the registered version."
     )
     tie_windows: int = Field(
-        1, ge=0, le=5,
+        3, ge=0, le=8,
         description="When the validation window cannot separate the best candidates (95% CI of the per-user NDCG "
         "difference includes 0) and the previous champion's model is not among them, `storerec run` scores the tied "
-        "candidates on this many older windows (cut before the searches' inner window, so no choice was made on them) "
-        "and compares them on all windows' users pooled. 0: no extra fits.",
+        "candidates on up to this many older windows (cut before the searches' inner window, so no choice was made on "
+        "them), one at a time until all windows' users pooled separate them. 0: no extra fits.",
     )
     tie_break: Literal["prior", "mean"] = Field(
         "prior",

@@ -1203,6 +1203,22 @@ def summary(url: str) -> dict[str, Any]:
     return out
 
 
+def delete_users(conn: sa.Connection, ids: Sequence[str]) -> tuple[int, int, int]:
+    """Delete these users' impressions, their feedback and feedback sent against their lists, and
+    their tracked behaviour (``storerec forget-user``); returns ``(impressions, feedback,
+    behaviour)`` deleted. A log from before the behaviour table (schema 0001) has none."""
+    tracked = sa.inspect(conn).has_table("behaviour")
+    n_imp = n_fb = n_beh = 0
+    for start in range(0, len(ids), 500):
+        chunk = list(ids[start:start + 500])
+        theirs = sa.select(impressions.c.request_id).where(impressions.c.user_id.in_(chunk))
+        n_fb += conn.execute(sa.delete(feedback).where(sa.or_(feedback.c.user_id.in_(chunk), feedback.c.request_id.in_(theirs)))).rowcount
+        n_imp += conn.execute(sa.delete(impressions).where(impressions.c.user_id.in_(chunk))).rowcount
+        if tracked:
+            n_beh += conn.execute(sa.delete(behaviour).where(behaviour.c.user_id.in_(chunk))).rowcount
+    return n_imp, n_fb, n_beh
+
+
 def recent_activity(engine: sa.Engine, since: datetime) -> tuple[list[tuple[str, str, datetime]], list[tuple[str, str, datetime]]]:
     """``(user, item, ts)`` of impressions and of interactions since ``since`` (to rebuild the
     frequency cap after a restart)."""

@@ -274,13 +274,37 @@ class StoreRec:
     def _swap(self, state: ServingState) -> None:
         """Swap the whole serving state (called under ``self._lock``); requests in flight keep
         the one they read."""
+        previous = getattr(self, "state", None)
         self.state = state
+        self._purge_forgotten(previous, state)
         live = getattr(self, "live", None)
         if live is not None and state.default.as_of is not None:
             live.drop_before(state.default.as_of)  # the new snapshot holds what happened up to then
         if live is not None:  # users erased since: forget-user deleted their tracked rows, the overlay still held them
             live.drop_users(forgotten_hashes(Path(self.settings.data.dir)))
         _freeze_heap(refreeze=True)
+
+    def _purge_forgotten(self, previous: ServingState | None, state: ServingState) -> None:
+        """Users erased since the previous state (``storerec forget-user``) whose rows this service
+        may have written after the erasure ran: impressions and events still in its buffers then
+        (they are flushed within ``eventlog.flush_ms``). Delete them from the event log again, once,
+        for the users the new version knows (the ids in clear are the model's own). A failure is
+        logged: ``storerec forget-user`` can be run again."""
+        if previous is None or self.eventlog is None:
+            return
+        newly = state.default.ranker.forgotten - previous.default.ranker.forgotten
+        if not newly:
+            return
+        from storerec.events.eventlog import delete_users
+
+        try:
+            with self.eventlog.engine.begin() as conn:
+                counts = delete_users(conn, sorted(newly))
+            log.info("event log: %d impressions, %d feedback and %d tracked rows of %d forgotten user(s) written since the "
+                     "erasure deleted", *counts, len(newly))
+        except Exception as exc:  # the service keeps serving; the erasure can be run again
+            log.warning("event log: rows of %d forgotten user(s) could not be deleted (%s): run `storerec forget-user` again",
+                        len(newly), type(exc).__name__)
 
     def _resolve(self, ref: str) -> str:
         """The version ``ref`` points at in the registry now (the sync thread's alias poll); a

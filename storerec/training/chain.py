@@ -75,11 +75,12 @@ def _older_windows(
     chosen: dict[str, dict], previous: str | None, progress: Progress,
 ) -> Decision:
     """More evidence for candidates the validation window cannot separate: each tied candidate,
-    with its searched parameters, is fitted and scored again on ``training.tie_windows`` older
-    windows cut the same way. The first older window is the searches' inner split (it chose the
-    parameters, so it is skipped); the ones before it played no part in any choice. The per-user
-    scores of every window are pooled (users of different windows are independent samples) and
-    the candidates compared again; still tied, the tie-break decides as before."""
+    with its searched parameters, is fitted and scored again on up to ``training.tie_windows``
+    older windows cut the same way, one at a time, until the pooled scores separate them. The
+    first older window is the searches' inner split (it chose the parameters, so it is skipped);
+    the ones before it played no part in any choice. The per-user scores of every window are
+    pooled (users of different windows are independent samples) and the candidates compared
+    again; still tied, the tie-break decides as before."""
     cfg = settings.training
     k = cfg.k
     pooled = {m: [per_user[m]] for m in decision.tied}
@@ -106,6 +107,8 @@ def _older_windows(
                     raise AssertionError("tied candidates were evaluated on different users")
                 pooled[m].append(scores[m]["ndcg"].to_numpy())
         used.append(f"{cur.as_of:%Y-%m-%d}")
+        if len(pick_champion({m: np.concatenate(v) for m, v in pooled.items()}, cfg.model_prior).tied) == 1:
+            break  # separated: no more windows needed
     if not used:
         return decision
     joined = {m: np.concatenate(v) for m, v in pooled.items()}

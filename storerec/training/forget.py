@@ -105,26 +105,18 @@ def forget_event_log(url: str, ids: list[str]) -> tuple[int, int, int]:
     exist yet holds nothing; one from before the behaviour table (schema 0001) has none."""
     import sqlalchemy as sa
 
-    from storerec.events.eventlog import behaviour, feedback, impressions, read_engine
+    from storerec.events.eventlog import delete_users, read_engine
 
     try:
         engine = read_engine(url)
     except UserError:
         return 0, 0, 0  # no event log: nothing logged, nothing to forget
-    n_imp = n_fb = n_beh = 0
     try:
         with engine.begin() as conn:
             insp = sa.inspect(conn)
             if not (insp.has_table("impressions") and insp.has_table("feedback")):
                 return 0, 0, 0
-            tracked = insp.has_table("behaviour")
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                theirs = sa.select(impressions.c.request_id).where(impressions.c.user_id.in_(chunk))
-                n_fb += conn.execute(sa.delete(feedback).where(sa.or_(feedback.c.user_id.in_(chunk), feedback.c.request_id.in_(theirs)))).rowcount
-                n_imp += conn.execute(sa.delete(impressions).where(impressions.c.user_id.in_(chunk))).rowcount
-                if tracked:
-                    n_beh += conn.execute(sa.delete(behaviour).where(behaviour.c.user_id.in_(chunk))).rowcount
+            n_imp, n_fb, n_beh = delete_users(conn, ids)
     except sa.exc.SQLAlchemyError as exc:
         raise UserError(f"the event log could not be cleaned ({type(exc).__name__}): nothing was deleted there; "
                         "run `storerec forget-user` again when the database is reachable") from None
