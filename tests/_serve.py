@@ -110,3 +110,31 @@ def asgi_client(cfg: Path, env: dict[str, str] | None = None) -> Iterator[TestCl
         yield client
     finally:
         client.__exit__(None, None, None)
+
+
+@contextmanager
+def sqlite_locked(db: Path | str) -> Iterator[None]:
+    """Another connection holds an exclusive lock on the SQLite database ``db`` for the body (a
+    locked event log); released, and its thread joined, on the way out."""
+    import sqlite3
+    import threading
+
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        conn = sqlite3.connect(db, timeout=30, isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        release.wait(60)
+        conn.execute("COMMIT")
+        conn.close()
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert locked.wait(30), f"could not lock {db}"
+        yield
+    finally:
+        release.set()
+        t.join(60)
+

@@ -284,7 +284,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from storerec.cli import main  # noqa: E402
-from tests._serve import asgi_client, descendants, rss_mb, start, stop, write_config  # noqa: E402
+from tests._serve import asgi_client, descendants, rss_mb, sqlite_locked, start, stop, write_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -497,28 +497,13 @@ def test_live_locked_event_log_turns_readyz_503_and_recovers(live) -> None:
     lock on the event log, POST /events answers 503 within eventlog.ack_timeout_ms (nothing
     stored), /readyz answers 503 with the reason; after the lock both recover and later
     events and impressions are written."""
-    import sqlite3
-    import threading
 
     from storerec.events.eventlog import read_frames
 
     c = live["client"]
     db = live["events_db"]
     rid = c.post("/recommend", json={"user_id": "u00001", "k": 3}).json()["request_id"]
-    locked, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        conn = sqlite3.connect(db, timeout=30, isolation_level=None)
-        conn.execute("BEGIN EXCLUSIVE")
-        locked.set()
-        release.wait(60)
-        conn.execute("COMMIT")
-        conn.close()
-
-    t = threading.Thread(target=hold)
-    t.start()
-    try:
-        assert locked.wait(30)
+    with sqlite_locked(db):
         t0 = time.monotonic()
         r = c.post("/events", json={"events": [{"request_id": rid, "item_id": "i00001", "event_type": "click", "event_id": "lock-1"}]})
         assert_error(r, 503, code="event_log_unavailable")
@@ -527,9 +512,6 @@ def test_live_locked_event_log_turns_readyz_503_and_recovers(live) -> None:
         while (ready := c.get("/readyz")).status_code != 503 and time.monotonic() < deadline:
             time.sleep(0.3)
         assert ready.status_code == 503 and any("event log" in x for x in ready.json()["reasons"]), ready.text
-    finally:
-        release.set()
-        t.join(60)
     deadline = time.monotonic() + 20
     while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
         time.sleep(0.3)

@@ -6,8 +6,6 @@ nothing, and a restarted service rebuilds the overlay from the event log."""
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
 
 import polars as pl
@@ -16,7 +14,7 @@ import sqlalchemy as sa
 
 from storerec.cli import main
 from storerec.events.eventlog import behaviour_since, read_engine
-from tests._serve import small_store, start, stop
+from tests._serve import small_store, sqlite_locked, start, stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -136,25 +134,9 @@ def test_a_retried_event_id_is_stored_once(served) -> None:
 
 def test_a_locked_event_log_answers_503_and_stores_nothing(served) -> None:
     c = served["client"]
-    locked, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        conn = sqlite3.connect(served["db"], timeout=30, isolation_level=None)
-        conn.execute("BEGIN EXCLUSIVE")
-        locked.set()
-        release.wait(60)
-        conn.execute("COMMIT")
-        conn.close()
-
-    t = threading.Thread(target=hold)
-    t.start()
-    try:
-        assert locked.wait(30)
+    with sqlite_locked(served["db"]):
         r = _track(served, {"event_type": "purchase", "item_id": "i00003", "user_id": "u-locked", "event_id": "e2e-locked-1"})
         assert r.status_code == 503 and r.json()["code"] == "event_log_unavailable", r.text
-    finally:
-        release.set()
-        t.join(60)
     assert "e2e-locked-1" not in {r.get("event_id") for r in _stored(served)}
     assert not any(r["user_id"] == "u-locked" for r in _stored(served))
     assert _rec(served, user_id="u-locked")["live_excluded"] == 0  # not acknowledged: not applied either

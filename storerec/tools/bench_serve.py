@@ -65,14 +65,16 @@ CONFIGS = [
 ]
 
 
-def _cli(cfg: Path, *args: str) -> None:
+def run_cli(cfg: Path, *args: str) -> None:
+    """``storerec --config CFG -q ARGS`` in a child process; its output in the error when it fails."""
     cmd = [sys.executable, "-m", "storerec.cli", "--config", str(cfg), "-q", *args]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
 
 
-def _write_config(root: Path, data_dir: Path, extra: str = "") -> Path:
+def write_config(root: Path, data_dir: Path, extra: str = "") -> Path:
+    """A private settings file under ``root``: its own MLflow store and event log, ``data_dir`` as data."""
     root.mkdir(parents=True, exist_ok=True)
     cfg = root / "storerec.toml"
     cfg.write_text(
@@ -100,13 +102,13 @@ def _registered(cfg: Path) -> bool:
 def prepare_store(root: Path, log: Callable[[str], None]) -> Path:
     """The default built-in store with profiles and an ALS champion (reused when present)."""
     data = root / "data"
-    cfg = _write_config(root, data)
+    cfg = write_config(root, data)
     if not _registered(cfg):
         log("built-in store: simulate, features, train ALS, promote")
-        _cli(cfg, "simulate", "--force")
-        _cli(cfg, "features")
-        _cli(cfg, "train", "--model", "als")
-        _cli(cfg, "promote", "--version", "1")
+        run_cli(cfg, "simulate", "--force")
+        run_cli(cfg, "features")
+        run_cli(cfg, "train", "--model", "als")
+        run_cli(cfg, "promote", "--version", "1")
     return cfg
 
 
@@ -114,13 +116,13 @@ def prepare_ml100k(root: Path, ml_dir: Path, log: Callable[[str], None]) -> Path
     """MovieLens-100K imported, with profiles and an ALS champion (reused when present)."""
     data = root / "data"
     extra = f'[training]\nsplit = "last_fraction"\ntest_fraction = 0.2\nrelevant_event_types = ["{EventTypes.Rating}"]\n'
-    cfg = _write_config(root, data, extra)
+    cfg = write_config(root, data, extra)
     if not _registered(cfg):
         log("ml-100k: import, features, train ALS, promote")
-        _cli(cfg, "import", "--movielens", str(ml_dir), "--replace")
-        _cli(cfg, "features")
-        _cli(cfg, "train", "--model", "als")
-        _cli(cfg, "promote", "--version", "1")
+        run_cli(cfg, "import", "--movielens", str(ml_dir), "--replace")
+        run_cli(cfg, "features")
+        run_cli(cfg, "train", "--model", "als")
+        run_cli(cfg, "promote", "--version", "1")
     return cfg
 
 

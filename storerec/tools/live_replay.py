@@ -42,31 +42,18 @@ from storerec.core.schema import EventTypes
 from storerec.core.tables import markdown_table
 from storerec.tools import serve_proc
 from storerec.tools.bench import machine
+from storerec.tools.bench_serve import run_cli, write_config
 from storerec.tools.loadgen import post_request, run_load
 
 TARGET_TYPES = (EventTypes.Cart, EventTypes.Purchase)
 TRACKED_TYPES = (EventTypes.View, EventTypes.Favorite, EventTypes.Cart, EventTypes.Purchase)
 
 
-def _cli(cfg: Path, *args: str) -> None:
-    cmd = [sys.executable, "-m", "storerec.cli", "--config", str(cfg), "-q", *args]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
-
-
 def _config(root: Path, data: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    cfg = root / "storerec.toml"
-    cfg.write_text(
-        f'[data]\ndir = "{data.resolve()}"\n'
-        f'[mlflow]\ntracking_uri = "sqlite:///{(root / "mlflow.db").resolve()}"\n'
-        f'artifact_root = "{(root / "artifacts").resolve()}"\n'
-        f'[eventlog]\nurl = "sqlite:///{(root / "events.db").resolve()}"\n'
-        "max_event_age_days = 36500\n"  # the held-out day is history: /track must take its timestamps
-        f'[serving]\ncontrol_url = "sqlite:///{(root / "control.db").resolve()}"\naccess_log = false\nmetrics = false\n'
-    )
-    return cfg
+    """bench_serve's settings file, plus: the held-out day is history, so /track must take its
+    timestamps; access log and metrics off."""
+    return write_config(root, data, "max_event_age_days = 36500\n"
+                        f'[serving]\ncontrol_url = "sqlite:///{(root / "control.db").resolve()}"\naccess_log = false\nmetrics = false\n')
 
 
 def prepare(out: Path, source: Path | None, holdout_days: float, log: Callable[[str], None]) -> tuple[Path, pl.DataFrame, pl.DataFrame]:
@@ -77,7 +64,7 @@ def prepare(out: Path, source: Path | None, holdout_days: float, log: Callable[[
         source = out / "store"
         if not (source / "events.parquet").exists():
             log("simulate the built-in store (default settings)")
-            _cli(_config(out / "simulate", source), "simulate", "--force")
+            run_cli(_config(out / "simulate", source), "simulate", "--force")
     events = pl.read_parquet(source / "events.parquet")
     newest: datetime = events[C.Timestamp].max()  # type: ignore[assignment]
     cutoff = newest - timedelta(days=holdout_days)
@@ -99,9 +86,9 @@ def prepare(out: Path, source: Path | None, holdout_days: float, log: Callable[[
         if (source / f"{name}.parquet").exists():
             shutil.copy2(source / f"{name}.parquet", data / f"{name}.parquet")
     log("features, train ALS, promote")
-    _cli(cfg, "features")
-    _cli(cfg, "train", "--model", "als")
-    _cli(cfg, "promote", "--version", "1")
+    run_cli(cfg, "features")
+    run_cli(cfg, "train", "--model", "als")
+    run_cli(cfg, "promote", "--version", "1")
     marker.write_text(json.dumps({"cutoff": cutoff.isoformat()}))
     return cfg, held, train
 

@@ -168,13 +168,13 @@ def soak(out: Path, *, duration: float = 600, concurrency: int = 16, reload_ever
     """Run the soak; returns (Markdown summary, passed) and writes ``out/soak.json``."""
     from storerec.core.settings import load_settings
     from storerec.tools.bench import machine
-    from storerec.tools.bench_serve import Server, _cli, prepare_store
+    from storerec.tools.bench_serve import Server, prepare_store, run_cli
 
     log = (lambda m: None) if quiet else (lambda m: print(f"[soak] {m}", flush=True))
     out = Path(out)
     cfg = prepare_store(out / "soak-store", log)
     if not (out / "soak-store" / ".second-version").exists():
-        _cli(cfg, "train", "--model", "popularity")
+        run_cli(cfg, "train", "--model", "popularity")
         (out / "soak-store" / ".second-version").write_text("2")
     settings = load_settings(cfg, environ={})
     url = eventlog_url or settings.eventlog.url
