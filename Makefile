@@ -115,7 +115,7 @@ bench: install  ## every benchmark (ML-100K quality vs the libraries, simulator 
 bench-offline: install  ## simulator + profiles at 10M events: seconds and peak memory (medians)
 	$(STOREREC) bench --suite offline $(ARGS)
 
-bench-serve: install  ## the HTTP service under load: /recommend (full pipeline) vs bare /score at concurrency 1/8/32
+bench-serve: install  ## the HTTP service under load (wrk + open loop) against a hand-written Starlette+implicit server, and at 2k-1M items
 	$(STOREREC) bench --suite serve $(ARGS)
 
 bench-quality: install  ## storerec run/tune vs tuned implicit/LightFM/EASE on ML-100K, Last.fm and Online Retail (fetch: docs/benchmarks.md)

@@ -61,6 +61,54 @@ def assert_error(r, status: int, field: str | None = None, code: str | None = No
     return body
 
 
+def test_direct_dispatch_hands_the_validated_request_to_the_handler_and_writes_its_answer() -> None:
+    """serving.direct_dispatch: the handler gets the request model the gate validated, BentoML's
+    app never sees the request, and the answer goes out as the handler made it (plus the server
+    and CORS headers); invalid bodies are refused before the handler, as before."""
+    from starlette.responses import Response
+
+    from storerec.serving.schemas import ScoreRequest
+
+    got: list[Any] = []
+
+    async def score(req: Any) -> Response:
+        got.append(req)
+        return Response(b'{"items": []}', status_code=200, media_type="application/json")
+
+    down = Downstream()
+    config = GateConfig(max_bytes=4096, admin_token=TOKEN, cors_origins=[ORIGIN], handlers={"/score": score})
+    client = TestClient(Gate(down, config=config))
+    r = client.post("/score", json={"user_id": "u1", "k": 3}, headers={"origin": ORIGIN})
+    assert r.status_code == 200 and r.json() == {"items": []}
+    assert r.headers["server"] == "BentoML Service/storerec" and r.headers["access-control-allow-origin"] == ORIGIN
+    assert isinstance(got[0], ScoreRequest) and (got[0].user_id, got[0].k) == ("u1", 3)
+    assert down.bodies == []  # BentoML's app was not asked
+    assert_error(client.post("/score", json={"user_id": "u1", "k": "3"}), 400, field="k")
+    assert len(got) == 1
+    client.post("/trending", json={})  # a route without a handler still goes through BentoML's app
+    assert down.bodies == [b"{}"]
+
+
+def test_direct_dispatch_answers_500_in_the_error_shape_when_a_handler_fails(caplog: pytest.LogCaptureFixture) -> None:
+    async def broken(req: Any) -> Any:
+        raise RuntimeError("the ranker broke")
+
+    config = GateConfig(max_bytes=4096, admin_token=TOKEN, handlers={"/score": broken})
+    client = TestClient(Gate(Downstream(), config=config), raise_server_exceptions=False)
+    with caplog.at_level(logging.ERROR, logger="storerec"):
+        body = assert_error(client.post("/score", json={"user_id": "u1"}), 500, code="internal")
+    assert "the ranker broke" not in body["error"]  # the details go to the log, not to the caller
+    assert "the ranker broke" in caplog.text and "POST /score failed" in caplog.text
+
+
+def test_direct_dispatch_is_a_setting() -> None:
+    async def handler(req: Any) -> Any: ...
+
+    on = GateConfig.from_settings(Settings(), handlers={"/score": handler})
+    off = GateConfig.from_settings(Settings.model_validate({"serving": {"direct_dispatch": False}}), handlers={"/score": handler})
+    assert on.handlers == {"/score": handler} and off.handlers == {}
+
+
 @pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", "multipart/form-data; boundary=x", None])
 def test_non_json_bodies_get_415_and_never_reach_the_endpoint(ctype) -> None:
     client, down = gate()

@@ -310,6 +310,50 @@ def test_malformed_and_oversized_bodies(svc) -> None:
     assert r.status_code == 413 and "exceeds the limit" in r.text
 
 
+def test_direct_dispatch_answers_as_bentomls_routes_do(svc, data) -> None:
+    """serving.direct_dispatch (the default) skips BentoML's router and request parsing; a
+    service with it off answers every endpoint the same (the request id aside), errors included."""
+    users = hot_users(data, 60)[45:55]  # shoppers no other test here asks for (one impression each per service)
+    anchor = data["items"].sort("pop_30d", descending=True)["item_id"][1]
+    calls: list[tuple[str, dict]] = [
+        *[("/recommend", {"user_id": u, "k": 6, "filters": {"exclude_purchased": True}, "diversity": {"max_per_category": 2}}) for u in users],
+        ("/recommend", {"session_id": "direct-dispatch-anon", "k": 4, "context": {"page": "product", "item_ids": [anchor]}}),
+        ("/recommend", {"user_id": users[0], "k": 3, "filters": {"include_categories": ["No such category"]}}),
+        ("/score", {"user_id": users[1], "k": 5}),
+        ("/score", {"user_id": "nobody-at-all"}),
+        ("/similar_items", {"item_id": anchor, "k": 4}),
+        ("/similar_items", {"item_id": "no-such-item"}),
+        ("/trending", {"k": 3}),
+        ("/new_arrivals", {"k": 3, "category": "Home"}),
+        ("/recommend", {"user_id": "u1", "k": "ten"}),
+    ]
+    import bentoml
+
+    handlers = bentoml.get_current_service().gate.handlers  # the dict the running gate reads
+    saved = dict(handlers)
+    assert set(saved) == {"/recommend", "/similar_items", "/trending", "/new_arrivals", "/events", "/track", "/score"}
+
+    def routed(path: str, body: dict) -> httpx.Response:  # the same service with direct dispatch off
+        handlers.clear()
+        try:
+            return post(svc, path, body)
+        finally:
+            handlers.update(saved)
+
+    for path, body in calls:  # one impression per shopper per path: the frequency cap (3) stays out of it
+        a, b = post(svc, path, body), routed(path, body)
+        assert a.status_code == b.status_code, (path, body, a.text, b.text)
+        ja, jb = a.json(), b.json()
+        if a.status_code == 200:
+            assert len(ja.pop("request_id")) == 32 and len(jb.pop("request_id")) == 32
+        assert ja == jb, (path, body)
+    # ... and a feedback event on a direct-dispatch list is stored through either path, once
+    rid = post(svc, "/recommend", {"user_id": users[2], "k": 2}).json()["request_id"]
+    ev = {"events": [{"request_id": rid, "item_id": anchor, "event_type": "click", "event_id": f"dd-{rid}"}]}
+    assert routed("/events", ev).json() == {"received": 1, "stored": 1}
+    assert post(svc, "/events", ev).json() == {"received": 1, "stored": 0}
+
+
 def test_reload_swaps_models_and_survives_a_corrupt_one(svc, data) -> None:
     c = svc["client"]
     assert c.post("/admin/reload", json={}).status_code == 403

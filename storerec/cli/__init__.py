@@ -476,19 +476,25 @@ def mlflow_ui(state: _State, port: int, host: str) -> None:
     default="all",
     show_default=True,
     help="offline: simulator + profiles at scale; ml100k: every model on MovieLens-100K; "
-    "serve: the HTTP service under load (built-in store and MovieLens-100K).",
+    "serve: the HTTP service under load (against a hand-written server; 2k to 1M items).",
 )
 @click.option("--ml-dir", type=FOLDER, default=Path("../shared/data/ml-100k"), show_default=True, help="MovieLens-100K folder.")
 @click.option("--trials", type=int, default=20, show_default=True, help="Tuning trials per model (ml100k suite).")
-@click.option("--duration", type=float, default=5.0, show_default=True, help="Seconds measured per run (serve suite).")
-@click.option("--concurrency", default="1,8,32", show_default=True, help="Comma-separated concurrency levels (serve suite).")
+@click.option("--duration", type=float, default=10.0, show_default=True, help="Seconds per wrk run (serve suite).")
+@click.option("--connections", type=click.IntRange(1, 1024), default=8, show_default=True, help="wrk connections (serve suite).")
+@click.option("--open-loop", "open_loop_s", type=float, default=15.0, show_default=True,
+              help="Seconds per open-loop run at 50 %% and 80 %% of the measured maximum; 0 skips them (serve suite).")
+@click.option("--scale/--no-scale", default=True, show_default=True,
+              help="The scale table: 2k, 50k, 500k and 1M items (builds the stores under --out once; serve suite).")
 @click.pass_obj
 def bench(
-    state: _State, n_events: int, repeats: int, out: Path, suite: str, ml_dir: Path, trials: int, duration: float, concurrency: str
+    state: _State, n_events: int, repeats: int, out: Path, suite: str, ml_dir: Path, trials: int, duration: float, connections: int,
+    open_loop_s: float, scale: bool,
 ) -> None:
     """Benchmarks: simulator and profiles at scale (seconds, peak memory), every model on
-    MovieLens-100K against the libraries called directly, and the HTTP service under load
-    (full pipeline against a bare scoring endpoint). Prints Markdown tables (medians)."""
+    MovieLens-100K against the libraries called directly, and the HTTP service under load (wrk
+    and an open-loop generator; the full pipeline against a hand-written Starlette + implicit
+    server, and at 2k to 1M items). Prints Markdown tables (medians)."""
     from storerec.tools.bench import ml100k_benchmark, run_benchmarks
 
     if suite in ("ml100k", "all"):
@@ -498,11 +504,8 @@ def bench(
     if suite in ("serve", "all"):
         from storerec.tools.bench_serve import serve_benchmark
 
-        try:
-            levels = tuple(int(c) for c in concurrency.split(",") if c.strip())
-        except ValueError:
-            raise click.BadParameter(f"expected comma-separated integers, got {concurrency!r}", param_hint="--concurrency") from None
-        click.echo(serve_benchmark(out, ml_dir, concurrency=levels, duration=duration, repeats=repeats, quiet=state.quiet))
+        click.echo(serve_benchmark(out, connections=connections, duration=duration, repeats=repeats, open_loop_s=open_loop_s,
+                                   scale=scale, quiet=state.quiet))
     if suite in ("offline", "all"):
         click.echo(run_benchmarks(state.settings, n_events=n_events, repeats=repeats, out=out, quiet=state.quiet))
 

@@ -286,6 +286,12 @@ class ServingSettings(ConfigModel):
         False, description="OpenTelemetry spans per request (BentoML's tracing); off, the SDK is disabled, which saves CPU per request."
     )
     blas_threads: int = Field(1, ge=1, description="BLAS threads per worker; one request's matrix work is small, so 1 avoids spinning threads.")
+    direct_dispatch: bool = Field(
+        True,
+        description="The gate hands the request it validated straight to the endpoint's handler and writes the answer itself, "
+        "instead of passing the body on through BentoML's router, context middleware and request parsing (which parse and "
+        "validate it a second time). Same answers either way; off only to measure what it saves (make bench-serve).",
+    )
     control_url: str = Field(
         "sqlite:///eventlog/control.db",
         description="SQLAlchemy URL of the store the workers share to serve the same version (ephemeral runtime state; "

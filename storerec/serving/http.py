@@ -28,7 +28,7 @@ import functools
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -38,6 +38,7 @@ from pydantic_core import to_json
 from starlette.responses import Response
 
 from storerec.core.settings import Settings
+from storerec.serving.launch import SERVICE_NAME
 from storerec.serving.schemas import (
     ErrorResponse,
     EventsRequest,
@@ -56,6 +57,8 @@ from storerec.serving.schemas import (
 )
 
 log = logging.getLogger("storerec.http")
+
+_SERVER = [(b"server", f"BentoML Service/{SERVICE_NAME}".encode())]  # as BentoML's endpoint wrapper sets it
 
 ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 
@@ -86,7 +89,7 @@ STATUS_ROUTES = ("/readyz", "/experiments", "/docs.json")  # the service's own G
 GET_ROUTES = (*STATUS_ROUTES, "/healthz", "/livez", "/metrics")  # ... and BentoML's
 CODES = {
     400: "invalid_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
-    415: "unsupported_media_type", 422: "rule_violated", 429: "too_many_requests", 503: "not_ready", 504: "timeout",
+    415: "unsupported_media_type", 422: "rule_violated", 429: "too_many_requests", 500: "internal", 503: "not_ready", 504: "timeout",
 }
 STATUS_TEXT = {
     400: "Bad Request: the body breaks the schema (the field is named)", 403: "Forbidden", 404: "Not Found: an id or category the catalogue does not have",
@@ -138,10 +141,13 @@ class GateConfig:
     admin_token: str | None
     cors_origins: list[str] = field(default_factory=list)
     validation_context: dict[str, Any] = field(default_factory=dict)  # passed to the request models' validators
+    # path -> the endpoint's handler, given the request model the gate validated (serving.direct_dispatch)
+    handlers: Mapping[str, Callable[[Any], Awaitable[Response]]] = field(default_factory=dict)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> GateConfig:
+    def from_settings(cls, settings: Settings, handlers: Mapping[str, Callable[[Any], Awaitable[Response]]] | None = None) -> GateConfig:
         return cls(
+            handlers=dict(handlers or {}) if settings.serving.direct_dispatch else {},
             max_bytes=settings.serving.max_body_bytes,
             admin_token=settings.serving.admin_token,
             cors_origins=list(settings.serving.cors_origins),
@@ -191,6 +197,21 @@ class Gate:
     async def _refuse(self, send: Any, scope: dict, status: int, message: str, extra: list[tuple[bytes, bytes]] = (), **kw: Any) -> None:  # type: ignore[assignment]
         log.info("%d %s %s: %s", status, scope.get("method"), scope.get("path"), message)
         await self._send(send, status, error_body(status, message, **kw), extra)
+
+    async def _dispatch(self, handler: Callable[[Any], Awaitable[Response]], request: Any, scope: dict, send: Any,
+                        extra: list[tuple[bytes, bytes]]) -> None:
+        """Direct dispatch (``serving.direct_dispatch``): the handler's response for the request
+        model validated here, written out as is (with the ``server`` header BentoML's endpoint
+        wrapper adds); an exception is logged and answered 500 in the error shape."""
+        try:
+            response = await handler(request)
+        except Exception:
+            log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            await self._send(send, 500, error_body(500, "an unexpected error occurred; the service log has the details"), [*_SERVER, *extra])
+            return
+        headers = [*response.raw_headers, *_SERVER, *extra]
+        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        await send({"type": "http.response.body", "body": response.body})
 
     def _origin_allowed(self, origin: str | None, path: str) -> bool:
         if not origin or path.startswith(ADMIN_PREFIX):
@@ -270,7 +291,7 @@ class Gate:
                 break
         body = b"".join(chunks)
         try:
-            route.request.model_validate_json(body or b"{}", context=config.validation_context)
+            request = route.request.model_validate_json(body or b"{}", context=config.validation_context)
         except ValidationError as exc:
             status, details = validation_details(exc)
             first: dict[str, Any] = details[0] if details else {"field": None, "message": "invalid body"}
@@ -279,8 +300,12 @@ class Gate:
                 msg += f" (and {len(details) - 1} more)"
             return await self._refuse(send, scope, status, msg, cors_headers, field=first["field"], details=details)
 
-        sent = False
         _REQUEST.set(f"{method} {path}")
+        handler = config.handlers.get(path)
+        if handler is not None:
+            return await self._dispatch(handler, request, scope, send, cors_headers)
+
+        sent = False
 
         async def replay() -> dict:
             nonlocal sent

@@ -29,9 +29,10 @@ reasons (BentoML's route still answers ``HEAD /readyz``, from ``__is_ready__``).
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
+import os
 import threading
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import bentoml
+import orjson
 from fastapi import FastAPI
 from pydantic import BaseModel
 from pydantic_core import to_json
@@ -75,11 +77,15 @@ from storerec.serving.schemas import (
     TrackRequest,
 )
 from storerec.serving.state import Loaded, ServingState, baked_version, load_state
+from storerec.serving.traffic import install as install_traffic_fixes
 from storerec.serving.watchdog import watch_parent
 
 log = logging.getLogger("storerec.serving")
 
 TRAFFIC_TIMEOUT_S = 30  # BentoML answers 504 past this (eventlog.ack_timeout_ms stays below it)
+# BentoML's timeout middleware leaks a timer per request (the tail stalls); OpenTelemetry's is left out when
+# `storerec serve` turned its SDK off (serving.tracing = false): serving/traffic.py
+install_traffic_fixes(tracing=os.environ.get("OTEL_SDK_DISABLED", "").lower() != "true")
 
 
 def _endpoint(path: str) -> Any:
@@ -100,13 +106,36 @@ def _items(items: list[RankedItem]) -> list[dict[str, Any]]:
 
 
 def _json(body: dict[str, Any] | BaseModel, code: int = 200) -> Response:
-    """The response, serialised by pydantic-core straight from plain data.
+    """The response, serialised straight from plain data (orjson; pydantic-core for a model).
 
     Each endpoint's response model (:func:`_endpoint`) is its contract; building the pydantic
     objects only to serialise them cost more than the ranking pipeline's reasons step, so the
-    list endpoints build plain data in that shape.
+    list endpoints build plain data in that shape. orjson writes a /recommend answer in ~3 us
+    where pydantic-core's ``to_json`` took ~11 us; both give the same JSON for these bodies
+    (str, int, float, bool, None, lists and dicts: ``tests/test_service.py``).
     """
-    return Response(to_json(body), status_code=code, media_type="application/json")
+    data = to_json(body) if isinstance(body, BaseModel) else orjson.dumps(body)
+    return Response(data, status_code=code, media_type="application/json")
+
+
+class _RequestIds:
+    """Request ids: 32 hex characters, 16 drawn at random when the worker starts (64 bits: two
+    processes share them with odds of about n^2 / 2^65) and a 64-bit counter. ``uuid4`` cost a
+    system call for 16 random bytes per request, about 3 % of a worker's time under load (py-spy)."""
+
+    def __init__(self) -> None:
+        self.draw()
+        os.register_at_fork(after_in_child=self.draw)  # a forked child draws its own
+
+    def draw(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self.prefix}{next(self.counter):016x}"
+
+
+_request_id = _RequestIds()
 
 
 def _freeze_heap(refreeze: bool = False) -> None:
@@ -140,7 +169,11 @@ class StoreRec:
         self.settings = load_settings()  # $STOREREC_CONFIG and STOREREC__* (set by `storerec serve`)
         # BentoML's server logging passes WARNING and up from other loggers; ours go at this level
         logging.getLogger("storerec").setLevel(self.settings.serving.log_level)
-        self.gate = GateConfig.from_settings(self.settings)
+        # the gate calls the handlers with the request it validated (serving.direct_dispatch; BentoML's routes stay)
+        self.gate = GateConfig.from_settings(self.settings, handlers={
+            "/recommend": self._recommend, "/similar_items": self._similar_items, "/trending": self._trending,
+            "/new_arrivals": self._new_arrivals, "/events": self._events, "/track": self._track, "/score": self._score,
+        })
         self._lock = threading.Lock()
         self._shutdown_lock = threading.Lock()
         self._closed = False
@@ -375,7 +408,9 @@ class StoreRec:
     @_endpoint("/recommend")
     async def recommend(self, **kw: Any) -> Response:
         """Personalised list with reasons and diversity (home, product and cart pages)."""
-        req = RecommendRequest.model_construct(**kw)  # validated by BentoML against the input spec
+        return await self._recommend(RecommendRequest.model_construct(**kw))  # validated by BentoML against the input spec
+
+    async def _recommend(self, req: RecommendRequest) -> Response:
         state = self._current()
         now = now_utc()
         profile = state.default.ranker.profiles.get(req.user_id) if req.user_id else None
@@ -428,7 +463,7 @@ class StoreRec:
             )
         except RankingInputError as exc:
             return error_response(404, str(exc), field=exc.field)
-        request_id = uuid.uuid4().hex
+        request_id = _request_id()
         self._log_list(request_id, now, loaded, result.items, page=req.context.page, user_id=req.user_id,
                        session_id=req.session_id, experiment=a.experiment, variant=a.variant)
         return _json({
@@ -456,7 +491,9 @@ class StoreRec:
         """Record storefront behaviour not tied to a served list (views, carts, purchases with
         quantity and unit price, favourites). Answers once the whole batch is committed to the
         event log; the shoppers' next lists react at once (serving/live.py)."""
-        req = TrackRequest.model_construct(**kw)  # validated by BentoML against the input spec
+        return await self._track(TrackRequest.model_construct(**kw))  # validated by BentoML against the input spec
+
+    async def _track(self, req: TrackRequest) -> Response:
         if self.eventlog is None:
             return error_response(404, "event logging is off on this service (eventlog.enabled = false)", code="event_log_off")
         index_of = self._current().default.ranker.model.items.index_of  # type: ignore[union-attr]
@@ -506,7 +543,9 @@ class StoreRec:
     async def events(self, **kw: Any) -> Response:
         """Record clicks, add-to-carts and purchases (with revenue) against the request_id of the
         list they came from. Answers only once the events are committed to the event log."""
-        req = EventsRequest.model_construct(**kw)  # validated by BentoML against the input spec
+        return await self._events(EventsRequest.model_construct(**kw))  # validated by BentoML against the input spec
+
+    async def _events(self, req: EventsRequest) -> Response:
         if self.eventlog is None:
             return error_response(404, "event logging is off on this service (eventlog.enabled = false)", code="event_log_off")
         now = now_utc()
@@ -526,7 +565,9 @@ class StoreRec:
     async def score(self, **kw: Any) -> Response:
         """Bare model scores: the user's top k over all items, with no filters, context, diversity
         or reasons. A diagnostic, and the baseline of the serving benchmark (``make bench-serve``)."""
-        req = ScoreRequest.model_construct(**kw)  # validated by BentoML against the input spec
+        return await self._score(ScoreRequest.model_construct(**kw))  # validated by BentoML against the input spec
+
+    async def _score(self, req: ScoreRequest) -> Response:
         state = self._current().default
         model = state.ranker.model
         scores = model.score_user(state.ranker.user_index(req.user_id))
@@ -535,20 +576,22 @@ class StoreRec:
                                   field="user_id")
         idx, sc = top_k_row(scores, req.k)
         return _json({
-            "request_id": uuid.uuid4().hex, "model": state.model_name, "model_version": state.version,
+            "request_id": _request_id(), "model": state.model_name, "model_version": state.version,
             "items": [{"item_id": i, "score": s} for i, s in zip(model.items.to_external(idx).tolist(), sc.tolist())],  # type: ignore[union-attr]
         })
 
     @_endpoint("/similar_items")
     async def similar_items(self, **kw: Any) -> Response:
         """Item page: similar items (the model's item-item similarity) and items bought together."""
-        req = SimilarRequest.model_construct(**kw)  # validated by BentoML against the input spec
+        return await self._similar_items(SimilarRequest.model_construct(**kw))  # validated by BentoML against the input spec
+
+    async def _similar_items(self, req: SimilarRequest) -> Response:
         state = self._current().default
         try:
             similar, together = state.ranker.similar(req.item_id, req.k)
         except RankingInputError as exc:
             return error_response(404, str(exc), field="item_id")
-        request_id = uuid.uuid4().hex
+        request_id = _request_id()
         self._log_list(request_id, now_utc(), state, similar + together, page="product")
         return _json({
             "request_id": request_id, "model": state.model_name, "model_version": state.version,
@@ -558,13 +601,17 @@ class StoreRec:
     @_endpoint("/trending")
     async def trending(self, **kw: Any) -> Response:
         """Items growing fastest this week (established items), optionally per category or region."""
-        req = ListRequest.model_construct(**kw)  # validated by BentoML against the input spec
+        return await self._trending(ListRequest.model_construct(**kw))  # validated by BentoML against the input spec
+
+    async def _trending(self, req: ListRequest) -> Response:
         return self._list("trending", lambda ranker: ranker.trending(req.k, req.category, req.region))
 
     @_endpoint("/new_arrivals")
     async def new_arrivals(self, **kw: Any) -> Response:
         """Popular new arrivals, optionally per category."""
-        req = ListRequest.model_construct(**kw)  # validated by BentoML against the input spec
+        return await self._new_arrivals(ListRequest.model_construct(**kw))  # validated by BentoML against the input spec
+
+    async def _new_arrivals(self, req: ListRequest) -> Response:
         return self._list("new_arrivals", lambda ranker: ranker.new_arrivals(req.k, req.category))
 
     def _list(self, page: str, rank: Callable[[Ranker], RankResult]) -> Response:
@@ -575,7 +622,7 @@ class StoreRec:
             result = rank(loaded.ranker)
         except RankingInputError as exc:
             return error_response(404, str(exc), field=exc.field)
-        request_id = uuid.uuid4().hex
+        request_id = _request_id()
         self._log_list(request_id, now_utc(), loaded, result.items, page=page)
         return _json({"request_id": request_id, "items": _items(result.items)})
 

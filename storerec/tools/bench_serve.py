@@ -1,47 +1,58 @@
-"""Serving benchmark (``storerec bench --suite serve`` / ``make bench-serve``).
+"""Serving benchmark (``storerec bench --suite serve`` / ``make bench-serve``), measured from
+outside as a storefront engineer would (issue #16):
 
-For each data set (the built-in store, and MovieLens-100K when it is present) this trains an
-ALS model, registers it as champion in a private MLflow store under ``out``, starts the real
-service (``storerec serve``, i.e. ``bentoml serve``) and drives it with the closed-loop client in
-:mod:`storerec.tools.loadgen` at each concurrency:
+1. **Against a hand-written server.** The built-in store gets an ALS champion in a private MLflow
+   store under ``out``; the hand-written Starlette + implicit server
+   (:mod:`storerec.tools.baseline_server`: ``model.recommend`` and nothing else) and the real
+   service (``storerec serve``, i.e. ``bentoml serve``, in each configuration of
+   :data:`CONFIGS`) run side by side. Each **round** runs ``wrk`` (the Debian package, 1 thread,
+   ``connections`` keep-alive connections) for ``duration`` seconds on, back to back: the baseline,
+   storerec's ``full`` pipeline (``POST /recommend``: business filters, MMR diversity with a
+   category cap, reasons for every item, the impression logged) and storerec's ``bare``
+   ``POST /score``. The figures are medians over rounds, and ``full/baseline`` is the median of
+   each round's own ratio (the machine's speed drifts over minutes; rounds pair what ran
+   together).
+2. **Open loop.** For the storerec defaults, the lean configuration and the baseline: a
+   constant-rate generator (:func:`storerec.tools.loadgen.run_open_loop`) at 50 % and 80 % of
+   the throughput ``wrk`` measured for that server, latency counted from when each request was
+   due (closed loops hide stalls: their clients stop sending while they wait); p50, p99, p99.9.
+3. **Scale** (:mod:`storerec.tools.bench_scale`): 2k, 50k, 500k and 1M items (where memory
+   allows): start-up time, RSS per worker, req/s and p99 of ``/recommend`` and ``/similar_items``.
 
-* ``full``: ``POST /recommend`` with the whole pipeline: business filters, MMR diversity with a
-  category cap, reasons for every item;
-* ``full+context``: the same with three session items in ``recent_item_ids`` (context scoring);
-* ``bare``: ``POST /score``, the model's top k over all items and nothing else.
-
-The client runs on the same machine as the server, so the two share its cores; the client's own
-CPU time is reported beside each row. Service configurations (workers, access log, metrics) are
-compared on the built-in store, so each tuning step shows what it bought.
+Client and servers share the machine's cores; ``wrk`` is one thread.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import resource
+import signal
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import polars as pl
 
-from storerec.core.schema import EventTypes
+from storerec.core.errors import UserError
 from storerec.core.tables import markdown_table
 from storerec.tools import serve_proc
 from storerec.tools.bench import machine
-from storerec.tools.loadgen import post_request, run_load
+from storerec.tools.loadgen import post_request, run_open_loop
+from storerec.tools.wrk import run_wrk, wrk_available
 
 
 @dataclass(frozen=True)
 class ServiceConfig:
     name: str
     env: dict[str, str] = field(default_factory=dict)
+    open_loop: bool = False  # also measured with the open-loop generator
 
 
 _UNTUNED = {  # BentoML's own defaults: span per request, access log, metrics, BLAS on every core
@@ -49,19 +60,21 @@ _UNTUNED = {  # BentoML's own defaults: span per request, access log, metrics, B
     "STOREREC__SERVING__BLAS_THREADS": str(os.cpu_count() or 1),
     "STOREREC__SERVING__ACCESS_LOG": "true",
     "STOREREC__SERVING__METRICS": "true",
+    "STOREREC__SERVING__DIRECT_DISPATCH": "false",
 }
 _QUIET = {"STOREREC__SERVING__ACCESS_LOG": "false", "STOREREC__SERVING__METRICS": "false"}
 _TUNED = {"STOREREC__SERVING__TRACING": "false", "STOREREC__SERVING__BLAS_THREADS": "1"}  # the storerec defaults
 
-# The tuning ladder, each step adding to the one before; the storerec defaults are step B. Every
-# step logs impressions to the event log (the default) except C0, which shows what logging costs.
+# The storerec defaults (B) and the lean configuration (C), then what single options buy or cost.
+# Every configuration logs impressions to the event log (the default) except C0.
 CONFIGS = [
-    ServiceConfig("A: untuned (tracing on, BLAS threads = cores, access log, metrics)", _UNTUNED),
-    ServiceConfig("B: A + tracing off, 1 BLAS thread (storerec defaults)",
-                  {**_TUNED, "STOREREC__SERVING__ACCESS_LOG": "true", "STOREREC__SERVING__METRICS": "true"}),
-    ServiceConfig("C: B + access log and metrics off", {**_TUNED, **_QUIET}),
+    ServiceConfig("B: storerec defaults (access log, metrics)", {**_TUNED, "STOREREC__SERVING__ACCESS_LOG": "true",
+                                                                  "STOREREC__SERVING__METRICS": "true"}, open_loop=True),
+    ServiceConfig("C: B + access log and metrics off (lean)", {**_TUNED, **_QUIET}, open_loop=True),
+    ServiceConfig("C-: C without direct dispatch (BentoML's router parses each body again)",
+                  {**_TUNED, **_QUIET, "STOREREC__SERVING__DIRECT_DISPATCH": "false"}),
     ServiceConfig("C0: C without the event log (no impressions logged)", {**_TUNED, **_QUIET, "STOREREC__EVENTLOG__ENABLED": "false"}),
-    ServiceConfig("D: C + 2 workers", {**_TUNED, **_QUIET, "STOREREC__SERVING__WORKERS": "2"}),
+    ServiceConfig("A: BentoML's defaults (tracing on, BLAS threads = cores, no direct dispatch, access log, metrics)", _UNTUNED),
 ]
 
 
@@ -106,20 +119,6 @@ def prepare_store(root: Path, log: Callable[[str], None]) -> Path:
     if not _registered(cfg):
         log("built-in store: simulate, features, train ALS, promote")
         run_cli(cfg, "simulate", "--force")
-        run_cli(cfg, "features")
-        run_cli(cfg, "train", "--model", "als")
-        run_cli(cfg, "promote", "--version", "1")
-    return cfg
-
-
-def prepare_ml100k(root: Path, ml_dir: Path, log: Callable[[str], None]) -> Path:
-    """MovieLens-100K imported, with profiles and an ALS champion (reused when present)."""
-    data = root / "data"
-    extra = f'[training]\nsplit = "last_fraction"\ntest_fraction = 0.2\nrelevant_event_types = ["{EventTypes.Rating}"]\n'
-    cfg = write_config(root, data, extra)
-    if not _registered(cfg):
-        log("ml-100k: import, features, train ALS, promote")
-        run_cli(cfg, "import", "--movielens", str(ml_dir), "--replace")
         run_cli(cfg, "features")
         run_cli(cfg, "train", "--model", "als")
         run_cli(cfg, "promote", "--version", "1")
@@ -172,103 +171,177 @@ class Server:
         self._served.stop()
 
 
-def _measure(port: int, reqs: list[bytes], c: int, warmup: float, duration: float) -> dict[str, Any]:
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    res = run_load("127.0.0.1", port, reqs, concurrency=c, warmup_s=warmup, duration_s=duration)
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    out = res.summary()
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    out["client_cpu_pct"] = 100.0 * cpu / (warmup + duration)
-    return out
+class Baseline:
+    """The hand-written server (:mod:`storerec.tools.baseline_server`) on a free port, ready once
+    constructed (it answered a ``POST /recommend``); :meth:`stop` ends it."""
+
+    def __init__(self, cfg: Path, log_path: Path, probe: bytes, timeout: float = 120.0) -> None:
+        self.port = serve_proc.free_port()
+        self.log_path = log_path
+        cmd = [sys.executable, "-m", "storerec.tools.baseline_server", "--config", str(cfg), "--port", str(self.port)]
+        with open(log_path, "wb") as logf:
+            self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the baseline server exited ({self.proc.returncode}):\n{log_path.read_text()[-3000:]}")
+            try:
+                r = httpx.post(f"http://127.0.0.1:{self.port}/recommend", content=probe,
+                               headers={"content-type": "application/json"}, timeout=5)
+                if r.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the baseline server was not ready within {timeout:g} s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
 
 
-def _summarise(runs: list[dict[str, Any]], c: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"concurrency": c, "repeats": len(runs)}
-    for key in ("rps", "p50_ms", "p95_ms", "p99_ms", "mean_ms", "client_cpu_pct"):
+def bodies(requests: list[bytes]) -> list[bytes]:
+    """The JSON bodies of raw requests (:func:`request_sets`)."""
+    return [r.split(b"\r\n\r\n", 1)[1] for r in requests]
+
+
+def _median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"rounds": len(runs)}
+    for key in ("rps", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"):
         out[key] = statistics.median(r[key] for r in runs)
     out["errors"] = sum(r["errors"] for r in runs)
-    out["requests"] = sum(r["requests"] for r in runs)
     out["runs"] = runs
     return out
 
 
-def measure_level(port: int, reqs: dict[str, list[bytes]], c: int, endpoints: list[str], warmup: float, duration: float, repeats: int) -> list[dict[str, Any]]:
-    """``repeats`` rounds at concurrency ``c``; each round runs every endpoint once, back to
-    back, on fresh connections. Interleaving matters on a shared machine whose speed drifts over
-    minutes: each ``full`` run is compared with the ``bare`` run of its own round (the
-    ``full_bare`` ratio is the median of those paired ratios), and each figure is a median over
-    rounds. Fresh connections also matter with several workers: the kernel can land all of one
-    run's connections on one worker."""
-    runs: dict[str, list[dict[str, Any]]] = {ep: [] for ep in endpoints}
+def ratio_rounds(base_port: int, port: int, reqs: dict[str, list[bytes]], *, connections: int, duration: float,
+                 repeats: int) -> dict[str, dict[str, Any]]:
+    """``repeats`` rounds of wrk on the baseline, storerec's full pipeline and its bare scores,
+    back to back; medians per endpoint and the paired ratios to the baseline."""
+    plan = [("baseline", base_port, "/recommend", bodies(reqs["bare"])), ("full", port, "/recommend", bodies(reqs["full"])),
+            ("bare", port, "/score", bodies(reqs["bare"]))]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in plan}
     for _ in range(repeats):
-        for ep in endpoints:
-            runs[ep].append(_measure(port, reqs[ep], c, warmup, duration))
-    rows = []
-    for ep in endpoints:
-        row = {"endpoint": ep, **_summarise(runs[ep], c)}
-        if ep != "bare" and "bare" in runs:
-            pairs = [f["rps"] / b["rps"] for f, b in zip(runs[ep], runs["bare"]) if b["rps"] > 0]
-            row["full_bare"] = statistics.median(pairs) if pairs else None
-            row["full_bare_runs"] = pairs
-        rows.append(row)
+        for name, p, path, b in plan:
+            runs[name].append(run_wrk(p, path, b, connections=connections, duration_s=duration))
+    rows = {name: _median_row(r) for name, r in runs.items()}
+    for name in ("full", "bare"):
+        pairs = [x["rps"] / b["rps"] for x, b in zip(runs[name], runs["baseline"]) if b["rps"] > 0]
+        rows[name]["vs_baseline"] = statistics.median(pairs) if pairs else None
+        rows[name]["vs_baseline_runs"] = pairs
     return rows
+
+
+def open_loop_rows(port: int, requests: list[bytes], max_rps: float, *, seconds: float, shares: tuple[float, ...] = (0.5, 0.8)) -> list[dict[str, Any]]:
+    """The open-loop generator at each share of ``max_rps``."""
+    out = []
+    for share in shares:
+        res = run_open_loop("127.0.0.1", port, requests, rate=max(1.0, share * max_rps), warmup_s=2.0, duration_s=seconds)
+        out.append({"share": share, **res.summary()})
+    return out
 
 
 def serve_benchmark(
     out: Path,
-    ml_dir: Path | None,
     *,
-    concurrency: tuple[int, ...] = (1, 8, 32),
-    duration: float = 5.0,
-    warmup: float = 1.0,
+    connections: int = 8,
+    duration: float = 10.0,
     repeats: int = 3,
+    open_loop_s: float = 15.0,
+    configs: list[ServiceConfig] | None = None,
+    scale: bool = True,
+    sizes: Any = None,
     quiet: bool = False,
 ) -> str:
     """Run the serving benchmark; returns Markdown and writes ``out/bench-serve.json``."""
     out = Path(out)
     log = (lambda m: None) if quiet else (lambda m: print(f"[bench-serve] {m}", file=sys.stderr, flush=True))
-    sets = [("built-in store", prepare_store(out / "serve-store", log), CONFIGS)]
-    if ml_dir is not None and (Path(ml_dir) / "u.data").exists():
-        sets.append(("ml-100k", prepare_ml100k(out / "serve-ml100k", Path(ml_dir), log), [CONFIGS[2], CONFIGS[4]]))
-    else:
-        log(f"MovieLens-100K not found at {ml_dir}: the ml-100k rows are skipped")
+    if not wrk_available():
+        raise UserError("make bench-serve needs wrk: apt-get install wrk (Debian/Ubuntu)")
+    cfg = prepare_store(out / "serve-store", log)
+    configs = CONFIGS if configs is None else configs
+    reqs = request_sets(cfg, "127.0.0.1", 0)  # bodies only: the Host header is not read by either server
+    baseline = Baseline(cfg, cfg.parent / "baseline.log", bodies(reqs["bare"])[0])
     rows: list[dict[str, Any]] = []
-    for dataset, cfg, configs in sets:
+    loops: list[dict[str, Any]] = []
+    try:
+        base_max: list[float] = []
         for conf in configs:
-            log(f"{dataset}: start service ({conf.name})")
+            log(f"start service ({conf.name})")
             for old in cfg.parent.glob("events.db*"):  # each configuration logs into a new event log
                 old.unlink()
             server = Server(cfg, conf.env, cfg.parent / "serve.log")
             try:
                 reqs = request_sets(cfg, "127.0.0.1", server.port)
-                for c in concurrency:
-                    endpoints = ["full", "full+context", "bare"] if c == 8 else ["full", "bare"]
-                    for r in measure_level(server.port, reqs, c, endpoints, warmup, duration, repeats):
-                        rows.append({"dataset": dataset, "config": conf.name, **r})
-                        ratio = f", {100 * r['full_bare']:.0f}% of bare" if r.get("full_bare") else ""
-                        log(f"{dataset} | {conf.name} | {r['endpoint']} c={c}: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.1f} ms, "
-                            f"p99 {r['p99_ms']:.1f} ms, errors {r['errors']}{ratio}")
+                result = ratio_rounds(baseline.port, server.port, reqs, connections=connections, duration=duration, repeats=repeats)
+                base_max.append(result["baseline"]["rps"])
+                for endpoint, r in result.items():
+                    rows.append({"config": conf.name, "endpoint": endpoint, "connections": connections, **r})
+                    vs = f", {r['vs_baseline']:.2f}x the baseline" if r.get("vs_baseline") else ""
+                    log(f"{conf.name} | {endpoint}: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
+                        f"p99.9 {r['p999_ms']:.1f} ms, errors {r['errors']}{vs}")
+                if conf.open_loop and open_loop_s > 0:
+                    for r in open_loop_rows(server.port, reqs["full"], result["full"]["rps"], seconds=open_loop_s):
+                        loops.append({"server": f"storerec /recommend, {conf.name}", **r})
+                        log(f"open loop {conf.name} at {r['rate']:.0f} req/s: p50 {r['p50_ms']:.1f} p99 {r['p99_ms']:.1f} "
+                            f"p99.9 {r['p999_ms']:.1f} max {r['max_ms']:.1f} ms, errors {r['errors']}")
             finally:
                 server.stop()
+        if open_loop_s > 0 and base_max:
+            base_requests = [post_request("127.0.0.1", baseline.port, "/recommend", json.loads(b)) for b in bodies(reqs["bare"])]
+            for r in open_loop_rows(baseline.port, base_requests, statistics.median(base_max), seconds=open_loop_s):
+                loops.append({"server": "hand-written Starlette + implicit", **r})
+                log(f"open loop baseline at {r['rate']:.0f} req/s: p50 {r['p50_ms']:.1f} p99 {r['p99_ms']:.1f} "
+                    f"p99.9 {r['p999_ms']:.1f} max {r['max_ms']:.1f} ms, errors {r['errors']}")
+    finally:
+        baseline.stop()
     info = machine()
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": info, "duration_s": duration, "warmup_s": warmup, "repeats": repeats, "rows": rows}
+    parts = [to_markdown(rows, loops, info, connections=connections, duration=duration, repeats=repeats, open_loop_s=open_loop_s)]
+    scale_md = ""
+    if scale:
+        from storerec.tools.bench_scale import SIZES, scale_benchmark
+
+        scale_md = scale_benchmark(out, sizes=sizes or SIZES, duration=duration, quiet=quiet)
+        parts.append(scale_md)
+    payload = {"machine": info, "duration_s": duration, "repeats": repeats, "connections": connections, "rows": rows, "open_loop": loops}
     (out / "bench-serve.json").write_text(json.dumps(payload, indent=2))
-    return to_markdown(rows, info, duration, warmup, repeats)
+    return "\n\n".join(parts)
 
 
-def to_markdown(rows: list[dict[str, Any]], info: dict[str, Any], duration: float, warmup: float, repeats: int) -> str:
+def to_markdown(rows: list[dict[str, Any]], loops: list[dict[str, Any]], info: dict[str, Any], *, connections: int, duration: float,
+                repeats: int, open_loop_s: float) -> str:
+    """The ratio table and the open-loop table."""
     lines = [
-        f"Serving, ALS champion, k=10, closed loop; {repeats} rounds per concurrency, each running every endpoint once "
-        f"({warmup:g} s warm-up + {duration:g} s, fresh connections); figures are medians over rounds, and full/bare is the "
-        f"median of each round's paired ratio; client on the same machine. "
-        f"{info['cpu']}, {info['cores']} cores, Python {info['python']}, {info['date']}.",
+        f"Closed loop: wrk, 1 thread, {connections} connections, {duration:g} s per run; {repeats} rounds, each running the "
+        "hand-written baseline, storerec's full pipeline and its bare /score back to back; medians over rounds, and the "
+        f"ratio is the median of each round's own ratio. {info['cpu']}, {info['cores']} cores, Python {info['python']}, "
+        f"{info['date']}.",
+        "",
     ]
-    services = list(dict.fromkeys((r["dataset"], r["config"]) for r in rows))  # in the order they ran
     cells = []
-    for r in sorted(rows, key=lambda r: (services.index((r["dataset"], r["config"])), ["full", "full+context", "bare"].index(r["endpoint"]), r["concurrency"])):
-        ratio = f"{100 * r['full_bare']:.0f}%" if r.get("full_bare") else ""
-        cells.append([r["dataset"], r["config"], r["endpoint"], r["concurrency"], f"{r['rps']:.0f}", f"{r['p50_ms']:.1f}",
-                      f"{r['p95_ms']:.1f}", f"{r['p99_ms']:.1f}", r["errors"], f"{r['client_cpu_pct']:.0f}", ratio])
-    header = ["data", "service", "endpoint", "conc.", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "client CPU %", "full/bare req/s (paired)"]
-    return "\n".join([*lines, "", markdown_table(header, cells, align="lll" + "r" * 8)])
+    for r in rows:
+        ratio = f"{r['vs_baseline']:.2f}x" if r.get("vs_baseline") else ""
+        name = {"baseline": "hand-written Starlette + implicit", "full": "storerec /recommend (full pipeline)",
+                "bare": "storerec /score (bare model)"}[r["endpoint"]]
+        cells.append([r["config"], name, f"{r['rps']:.0f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['p999_ms']:.1f}",
+                      f"{r['max_ms']:.1f}", r["errors"], ratio])
+    header = ["service configuration", "server", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors", "vs baseline (paired)"]
+    lines.append(markdown_table(header, cells, align="ll" + "r" * 7))
+    if loops:
+        lines += ["", f"Open loop: constant rate at 50 % and 80 % of each server's wrk throughput above, {open_loop_s:g} s after "
+                  "2 s of warm-up; latency from when each request was due.", ""]
+        cells = [[r["server"], f"{100 * r['share']:.0f} %", f"{r['rate']:.0f}", f"{r['achieved_rps']:.0f}", f"{r['p50_ms']:.1f}",
+                  f"{r['p99_ms']:.1f}", f"{r['p999_ms']:.1f}", f"{r['max_ms']:.1f}", r["errors"], r["connections"],
+                  f"{r['client_max_lag_ms']:.1f}"] for r in loops]
+        header = ["server", "share of max", "rate req/s", "achieved", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors",
+                  "connections", "client lag ms"]
+        lines.append(markdown_table(header, cells, align="ll" + "r" * 9))
+    return "\n".join(lines)

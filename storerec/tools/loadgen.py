@@ -13,7 +13,7 @@ import asyncio
 import json
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,3 +126,194 @@ def run_load(
     if not requests:
         raise ValueError("no requests to send")
     return asyncio.run(_run(host, port, requests, concurrency, warmup_s, duration_s))
+
+
+# ---- open loop -------------------------------------------------------------------------------------
+
+
+@dataclass
+class OpenLoopResult:
+    rate: float  # requests per second asked for
+    seconds: float
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    max_lag_ms: float = 0.0  # how late the client itself sent a request (its own health)
+    connections: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.zeros(1)
+        return {
+            "rate": self.rate,
+            "requests": len(self.latencies_ms),
+            "achieved_rps": len(self.latencies_ms) / self.seconds if self.seconds > 0 else 0.0,
+            "errors": sum(self.errors.values()),
+            "error_kinds": dict(self.errors),
+            "p50_ms": float(np.percentile(lat, 50)),
+            "p90_ms": float(np.percentile(lat, 90)),
+            "p99_ms": float(np.percentile(lat, 99)),
+            "p999_ms": float(np.percentile(lat, 99.9)),
+            "max_ms": float(lat.max()),
+            "client_max_lag_ms": self.max_lag_ms,
+            "connections": self.connections,
+        }
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection of the open-loop generator: sends a request, reads its answer
+    (``Content-Length`` bodies only: what both servers send), reports it, and is idle again."""
+
+    def __init__(self, on_answer: Callable[[_Conn, int], None], on_lost: Callable[[_Conn, str], None]) -> None:
+        self.on_answer = on_answer
+        self.on_lost = on_lost
+        self.buf = bytearray()
+        self.need = -1
+        self.status = 0
+        self.transport: asyncio.Transport | None = None
+        self.job: tuple[int, float] | None = None  # (request number, when it was due)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        while True:
+            if self.need < 0:
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                head = bytes(buf[:end]).lower()
+                at = head.find(b"\r\ncontent-length:")
+                if at < 0:
+                    self.on_lost(self, "no Content-Length")
+                    return
+                stop = head.find(b"\r\n", at + 2)
+                length = int(head[at + 17 : stop if stop > 0 else len(head)])
+                self.status = int(head[9:12])
+                self.need = end + 4 + length
+            if len(buf) < self.need:
+                return
+            del buf[: self.need]
+            self.need = -1
+            self.on_answer(self, self.status)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.job is not None:
+            self.on_lost(self, type(exc).__name__ if exc else "connection closed")
+
+
+async def _open_loop(host: str, port: int, requests: Sequence[bytes], rate: float, warmup_s: float, duration_s: float,
+                     max_connections: int, initial_connections: int) -> OpenLoopResult:
+    loop = asyncio.get_running_loop()
+    result = OpenLoopResult(rate, duration_s)
+    idle: list[_Conn] = []
+    conns: list[_Conn] = []
+    waiters: list[asyncio.Future[None]] = []
+    interval = 1.0 / rate
+    n_warm = int(warmup_s * rate)
+    n_total = n_warm + int(duration_s * rate)
+    pending = [0]
+    finished = loop.create_future()
+    perf = time.perf_counter
+
+    def settle(conn: _Conn) -> None:
+        conn.job = None
+        pending[0] -= 1
+        if pending[0] == 0 and not finished.done() and dispatching[0] is False:
+            finished.set_result(None)
+
+    def on_answer(conn: _Conn, status: int) -> None:
+        t1 = perf()
+        i, t_sched = conn.job  # type: ignore[misc]
+        if i >= n_warm:
+            if status == 200:
+                result.latencies_ms.append((t1 - t_sched) * 1000.0)  # from when it was due: no coordinated omission
+            else:
+                result.errors[f"HTTP {status}"] = result.errors.get(f"HTTP {status}", 0) + 1
+        settle(conn)
+        idle.append(conn)
+        if waiters:
+            w = waiters.pop(0)
+            if not w.done():
+                w.set_result(None)
+
+    def on_lost(conn: _Conn, kind: str) -> None:
+        if conn.job is not None:
+            if conn.job[0] >= n_warm:
+                result.errors[kind] = result.errors.get(kind, 0) + 1
+            settle(conn)
+        if conn.transport is not None:
+            conn.transport.close()
+        if conn in idle:
+            idle.remove(conn)
+        if conn in conns:
+            conns.remove(conn)
+
+    for _ in range(min(initial_connections, max_connections)):  # opened before the clock starts
+        _, proto = await loop.create_connection(lambda: _Conn(on_answer, on_lost), host, port)
+        conns.append(proto)
+        idle.append(proto)
+    dispatching = [True]
+    t0 = perf() + 0.05
+    i = 0
+    while i < n_total:
+        now = perf()
+        due = t0 + i * interval
+        if due > now:
+            await asyncio.sleep(due - now)
+            continue
+        while i < n_total and t0 + i * interval <= perf():  # everything due by now
+            t_sched = t0 + i * interval
+            if idle:
+                conn = idle.pop()
+            elif len(conns) < max_connections:
+                _, proto = await loop.create_connection(lambda: _Conn(on_answer, on_lost), host, port)
+                conn = proto
+                conns.append(conn)
+            else:  # every connection busy: the request waits, and its wait counts in its latency
+                w = loop.create_future()
+                waiters.append(w)
+                await w
+                continue
+            lag = (perf() - t_sched) * 1000.0
+            if i >= n_warm and lag > result.max_lag_ms:
+                result.max_lag_ms = lag
+            conn.job = (i, t_sched)
+            pending[0] += 1
+            assert conn.transport is not None
+            conn.transport.write(requests[i % len(requests)])
+            i += 1
+    dispatching[0] = False
+    if pending[0]:
+        try:
+            await asyncio.wait_for(finished, timeout=30.0)
+        except TimeoutError:
+            result.errors["no answer within 30 s"] = pending[0]
+    for conn in conns:
+        if conn.transport is not None:
+            conn.transport.close()
+    result.connections = len(conns)
+    return result
+
+
+def run_open_loop(
+    host: str, port: int, requests: Sequence[bytes], *, rate: float, warmup_s: float = 2.0, duration_s: float = 15.0,
+    max_connections: int = 256, initial_connections: int = 32,
+) -> OpenLoopResult:
+    """Open loop at a constant ``rate``: request ``i`` is due at ``start + i / rate`` whatever
+    the server does, sent on an idle keep-alive connection (``initial_connections`` are opened
+    before the clock starts; a new one when all are busy, up to ``max_connections``), and its latency runs from when it was due to the end of its answer, so
+    a stall counts for every request that fell due during it (what a closed loop hides: its
+    clients stop sending while they wait). Only requests due after ``warmup_s`` count.
+    ``client_max_lag_ms`` says how late the generator itself was at worst."""
+    if not requests:
+        raise ValueError("no requests to send")
+    if rate <= 0:
+        raise ValueError("rate must be positive")
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+    return runner(_open_loop(host, port, requests, rate, warmup_s, duration_s, max_connections, initial_connections))
