@@ -265,3 +265,44 @@ def test_undeclared_capabilities_are_refused(dataset: Dataset) -> None:
     for call in (bare.item_vectors, lambda: bare.item_similarity(np.array([0])), lambda: bare.similar_items(["i0"], k=3)):
         with pytest.raises(CapabilityError):
             call()
+
+
+def _similar_items_normalising_per_call(model: ModelBase, items: list[str], k: int) -> pl.DataFrame:
+    """The computation before the unit vectors were cached: every item normalised again per call."""
+    from storerec.core.formulas import unit_rows
+
+    assert model.items is not None
+    ids = model.items
+    idx = ids.to_internal(items)
+    unit = unit_rows(model._item_vectors())
+    scores = (unit[idx] @ unit.T).astype(np.float32)
+    scores[np.arange(len(idx)), idx] = -np.inf
+    top, top_scores = top_k(scores, k)
+    rows, cols = np.nonzero(top >= 0)
+    return pl.DataFrame(
+        {"item_id": np.asarray(items, dtype=object)[rows].tolist(), "similar_item_id": ids.to_external(top[rows, cols]).tolist(),
+         "score": top_scores[rows, cols].astype(np.float32), "rank": (cols + 1).astype(np.int32)},
+        schema={"item_id": pl.String, "similar_item_id": pl.String, "score": pl.Float32, "rank": pl.Int32},
+    )
+
+
+def test_cosine_similar_items_use_unit_vectors_made_once(fitted: ModelBase) -> None:
+    """Models with the default cosine similarity normalise their item vectors once (not per
+    call) and give the very answers of the per-call normalisation; a new set of vectors (a refit
+    or a load) is normalised again."""
+    if not (fitted.has_item_vectors and type(fitted)._item_similarity is ModelBase._item_similarity):
+        pytest.skip(f"{fitted.name} has its own similarity")
+    items = [f"i{i}" for i in range(N)]
+    for k in (1, 3, 10, N + 5):
+        assert fitted.similar_items(items, k).equals(_similar_items_normalising_per_call(fitted, items, k))
+    unit = fitted._unit_item_vectors()
+    assert fitted._unit_item_vectors() is unit and not unit.flags.writeable
+    state = fitted._get_state()
+    key = next(key for key, v in state.items() if isinstance(v, np.ndarray) and np.shares_memory(v, fitted._item_vectors()))
+    try:
+        fitted._set_state({**state, key: state[key] * 2.0 + 1.0})  # other vectors: the cache follows
+        assert fitted._unit_item_vectors() is not unit
+        assert fitted.similar_items(items, 4).equals(_similar_items_normalising_per_call(fitted, items, 4))
+    finally:
+        fitted._set_state(state)
+    assert fitted.similar_items(items, 4).equals(_similar_items_normalising_per_call(fitted, items, 4))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -194,3 +195,108 @@ def test_the_service_loads_a_versions_lists(stored: bool, tmp_path: Path, store:
     else:
         assert snap.neighbours is None and loaded.ranker.similarity.neighbours.shape == (als.items.external.size, facts.NEIGHBOURS)
     assert len(loaded.ranker.rank("u3", 5).items) == 5
+
+
+def _ids(model: ModelBase) -> IdMap:
+    assert model.items is not None
+    return model.items
+
+
+def _old_similar_page(ranker: Ranker, item_id: str, k: int) -> list[tuple[str, float, str]]:
+    """The item page's similar list as the service computed it before: ``model.similar_items``
+    with every item vector normalised again per request."""
+    from storerec.core.formulas import unit_rows
+    from storerec.models.base import top_k
+
+    model = ranker.model
+    ids = _ids(model)
+    i = ids.index_of(item_id)
+    if model.has_item_vectors and type(model)._item_similarity is ModelBase._item_similarity:
+        unit = unit_rows(model._item_vectors())
+        scores = (unit[np.array([i])] @ unit.T).astype(np.float32)
+    else:
+        scores = model.item_similarity(np.array([i])).astype(np.float32)
+    scores[0, i] = -np.inf
+    top, top_scores = top_k(scores, k)
+    keep = top[0] >= 0
+    return [(ids.external[j], float(s), ranker.items.category[j]) for j, s in zip(top[0][keep], top_scores[0][keep])]
+
+
+def _page(ranker: Ranker, item_id: str, k: int) -> list[tuple[str, float, str]]:
+    similar, _ = ranker.similar(item_id, k)
+    assert [it.rank for it in similar] == list(range(1, len(similar) + 1))
+    return [(it.item_id, it.score, it.category) for it in similar]
+
+
+def _with_edge_vectors(model: ModelBase) -> Any:
+    """A copy of an ALS model whose item vectors have zero rows (items without interactions) and
+    duplicates (ties)."""
+    import copy
+
+    edged: Any = copy.copy(model)
+    vectors = edged.item_factors.copy()
+    vectors[[3, 17]] = 0.0
+    vectors[[5, 6, 9]] = vectors[4]  # four equally similar items
+    edged.item_factors = vectors
+    edged._unit_cache = None
+    return edged
+
+
+@pytest.mark.parametrize("name", ["als", "als-edges", "itemknn", "popularity"])
+def test_the_similar_page_equals_the_per_request_computation(name: str, store: dict[str, pl.DataFrame], als: ModelBase) -> None:
+    """/similar_items (Ranker.similar) from the unit vectors made at start: the same items,
+    scores (bit for bit) and order as the old per-request normalisation, for every item, with
+    zero vectors and ties, k from 1 to above the catalogue; models with a similarity of their
+    own answer as before."""
+    model = _with_edge_vectors(als) if name == "als-edges" else als if name == "als" else _fit(name, store)
+    ranker = Ranker(model, store["items"], store["profiles"], store["events"])
+    ids = _ids(model)
+    for item_id in ids.external.tolist():
+        for k in (1, 10, 50, 100, len(ids) + 3):
+            old = _old_similar_page(ranker, item_id, k)
+            new = _page(ranker, item_id, k)
+            assert new == old, (name, item_id, k)
+            assert all(np.signbit(s) == np.signbit(o) for (_, s, _), (_, o, _) in zip(new, old))
+
+
+def test_above_the_exact_limit_the_page_comes_from_the_stored_lists(store: dict[str, pl.DataFrame], als: ModelBase,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the lists are approximate (above EXACT_MAX_ITEMS), an item with at least k listed
+    neighbours is answered from them (re-scored: no product with the catalogue); the others
+    (k above the list, fewer listed neighbours) by the exact product. With exact lists in
+    place of HNSW's, the answers are the exact ones."""
+    from storerec.ranking import ranker as ranker_module
+
+    model = _with_edge_vectors(als)
+    ranker = Ranker(model, store["items"], store["profiles"], store["events"])  # exact lists (the small catalogue)
+    monkeypatch.setattr(ranker_module, "EXACT_MAX_ITEMS", 0)
+    full_products: list[int] = []
+    real_top_k_row = ranker_module.top_k_row
+
+    def counted_top_k_row(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:  # the product with every item
+        full_products.append(k)
+        return real_top_k_row(scores, k)
+
+    monkeypatch.setattr(ranker_module, "top_k_row", counted_top_k_row)
+    listed = (ranker.similarity.neighbours >= 0).sum(axis=1)
+    ids = _ids(model)
+    for i, item_id in enumerate(ids.external.tolist()):
+        for k in (1, 10, 50, 60):
+            before = len(full_products)
+            new = _page(ranker, item_id, k)
+            old = _old_similar_page(ranker, item_id, k)
+            zero_vector = not model.item_factors[i].any()  # 3 and 17, and items nobody interacted with
+            assert len(full_products) - before == (0 if zero_vector or (k <= facts.NEIGHBOURS and listed[i] >= k) else 1)
+            if zero_vector:  # equally similar (0) to every item: the lowest indices, not argpartition's pick of the zeros
+                want = [j for j in range(min(k + 1, len(ids))) if j != i][:k]
+                assert new == [(ids.external[j], 0.0, ranker.items.category[j]) for j in want]
+                assert [s for _, s, _ in old] == [0.0] * len(want)
+                continue
+            np.testing.assert_allclose([s for _, s, _ in new], [s for _, s, _ in old], rtol=1e-6, atol=1e-7)
+            exact = dict((it, s) for it, s, _ in _old_similar_page(ranker, item_id, len(ids)))
+            assert len({it for it, _, _ in new}) == len(new)
+            for it, s, _ in new:  # each item as similar as the item the exact answer has there (ties may swap)
+                assert abs(exact[it] - s) <= 1e-6
+            head = sorted(exact.values(), reverse=True)[: k + 1]
+            if (np.abs(np.diff(head)) > 1e-6).all():  # no near-ties within the first k + 1: the very same items
+                assert [it for it, _, _ in new] == [it for it, _, _ in old], (item_id, k)

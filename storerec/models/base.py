@@ -151,6 +151,7 @@ class ModelBase(ABC, Generic[ConfigT]):
         self.seen: sp.csr_matrix | None = None
         self.user_features: Features | None = None
         self.item_features: Features | None = None
+        self._unit_cache: tuple[Any, np.ndarray, np.ndarray] | None = None  # see _unit_item_vectors
 
     # ---- public API ---------------------------------------------------------------------
     def get_params(self, simple_types: bool = True) -> dict[str, Any]:
@@ -435,8 +436,25 @@ class ModelBase(ABC, Generic[ConfigT]):
 
     def _item_similarity(self, item_idx: np.ndarray) -> np.ndarray:
         """Dense similarities ``(len(item_idx), n_items)``; default: cosine of item vectors."""
-        unit = unit_rows(self._item_vectors())
+        unit = self._unit_item_vectors()
         return (unit[item_idx] @ unit.T).astype(np.float32)
+
+    def _unit_item_vectors(self) -> np.ndarray:
+        """``unit_rows(self._item_vectors())``, computed once per set of item vectors (read-only).
+
+        Normalising every item per call made each ``similar_items`` call O(items x dim) in
+        temporaries (hundreds of MB at 500k items). The cache is keyed on the vectors' buffer
+        (address, shape, strides, dtype) and holds the vectors themselves, so a refit or a load
+        (new arrays) is seen; writing into the item vectors in place is not, and no model does."""
+        vectors = self._item_vectors()
+        key = (vectors.__array_interface__["data"][0], vectors.shape, vectors.strides, vectors.dtype.str)
+        cached = getattr(self, "_unit_cache", None)
+        if cached is not None and cached[0] == key:
+            return cast(np.ndarray, cached[2])
+        unit = unit_rows(vectors)
+        unit.setflags(write=False)
+        self._unit_cache = (key, vectors, unit)
+        return unit
 
     def _item_vectors(self) -> np.ndarray:
         raise NotImplementedError(f"{self.name} has no item vectors")

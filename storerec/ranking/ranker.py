@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from storerec.models.base import ModelBase
+from storerec.models.base import ModelBase, top_k_row
 from storerec.ranking import kernels
-from storerec.ranking.facts import ItemFacts, ItemSimilarity, UserFacts
-from storerec.ranking.neighbours import Neighbours
+from storerec.ranking.facts import ItemFacts, ItemSimilarity, UserFacts, _cosine_of_vectors
+from storerec.ranking.neighbours import EXACT_MAX_ITEMS, Neighbours
 from storerec.ranking.reasons import ReasonBook, Subject
 from storerec.ranking.sources import CandidateSources, Source
 
@@ -238,11 +238,10 @@ class Ranker:
         i = index(item_id)
         if i < 0:
             raise RankingInputError(f"unknown item_id {item_id!r}", "item_id")
-        sims = self.model.similar_items([item_id], k)
         similar = []
-        for r, (sid, score) in enumerate(zip(sims["similar_item_id"], sims["score"])):
+        for r, (j, score) in enumerate(zip(*self._similar_to(i, k))):
             reason = self.reasons.item_page("similar_to_context", i)
-            similar.append(RankedItem(sid, r + 1, float(score), self.items.category[index(sid)], [reason]))
+            similar.append(RankedItem(self.items.ids[j], r + 1, float(score), self.items.category[j], [reason]))
         together: list[RankedItem] = []
         for sid in self.items.co_purchased[i] or []:
             j = index(sid)
@@ -253,6 +252,46 @@ class Ranker:
             if len(together) >= k:
                 break
         return similar, together
+
+    def _similar_to(self, i: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item ``i``'s ``k`` most similar other items (indices, float32 scores; score desc, then
+        index), as ``model.similar_items`` gives them, without normalising the catalogue per call.
+
+        For the cosine of item vectors (ALS, BPR, LightFM), from the unit vectors made at start
+        (``self.similarity.unit``, the very ``unit_rows`` array the model would compute):
+
+        * above ``EXACT_MAX_ITEMS`` items, whose stored lists are approximate (HNSW) and the
+          basis of the "similar to X" reasons: from the item's listed neighbours when it has at
+          least ``k`` (re-scored and re-ordered), O(NEIGHBOURS) whatever the catalogue size; an
+          item with a zero vector (no interactions) is equally similar (0) to every item, and gets
+          the ``k`` lowest indices with score 0 in O(k) (the product would pick ``k`` of the equal
+          zeros by ``argpartition``, i.e. others of the same score);
+        * otherwise (and for ``k`` above the lists or an item with fewer listed neighbours) the
+          same product as the model (one row against all items) and the same top k: identical
+          items, scores and order (``tests/test_neighbours.py``).
+
+        Other models: ``model.similar_items``."""
+        sim = self.similarity
+        if sim.unit is None or not _cosine_of_vectors(self.model) or self.model.item_vectors().dtype != sim.unit.dtype:
+            ext = self.model.similar_items([self.items.ids[i]], k)
+            idx = self.model.items.to_internal(ext["similar_item_id"].to_list())  # type: ignore[union-attr]
+            return np.asarray(idx, dtype=np.int64), ext["score"].to_numpy()
+        unit = sim.unit
+        row = np.array([i])
+        if self.items.n > EXACT_MAX_ITEMS and not unit[i].any():
+            idx = np.arange(min(k + 1, self.items.n))
+            idx = idx[idx != i][:k]
+            return idx, np.zeros(len(idx), dtype=np.float32)
+        if self.items.n > EXACT_MAX_ITEMS and k <= sim.neighbours.shape[1]:
+            listed = sim.neighbours[i]
+            listed = listed[listed >= 0].astype(np.int64)
+            if len(listed) >= k:
+                scores = (unit[row] @ unit[listed].T)[0].astype(np.float32)
+                order = np.lexsort((listed, -scores))[:k]
+                return listed[order], scores[order]
+        scores = (unit[row] @ unit.T)[0].astype(np.float32)  # a (1, dim) product, as the model's
+        scores[i] = -np.inf
+        return top_k_row(scores, k)
 
     # ---- personalised ranking -----------------------------------------------------------------
 

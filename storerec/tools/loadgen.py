@@ -13,6 +13,7 @@ import asyncio
 import json
 import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,7 +138,7 @@ class OpenLoopResult:
     seconds: float
     latencies_ms: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
-    max_lag_ms: float = 0.0  # how late the client itself sent a request (its own health)
+    max_lag_ms: float = 0.0  # how late a request left after it was due (queued behind busy connections, or the client itself late)
     connections: int = 0
 
     def summary(self) -> dict[str, Any]:
@@ -203,23 +204,35 @@ class _Conn(asyncio.Protocol):
 
 
 async def _open_loop(host: str, port: int, requests: Sequence[bytes], rate: float, warmup_s: float, duration_s: float,
-                     max_connections: int, initial_connections: int) -> OpenLoopResult:
+                     connections: int) -> OpenLoopResult:
     loop = asyncio.get_running_loop()
     result = OpenLoopResult(rate, duration_s)
     idle: list[_Conn] = []
     conns: list[_Conn] = []
-    waiters: list[asyncio.Future[None]] = []
+    queued: deque[tuple[int, float]] = deque()  # due, but every connection was busy
     interval = 1.0 / rate
     n_warm = int(warmup_s * rate)
     n_total = n_warm + int(duration_s * rate)
-    pending = [0]
+    outstanding = [0]
     finished = loop.create_future()
     perf = time.perf_counter
 
-    def settle(conn: _Conn) -> None:
+    def send(conn: _Conn, i: int, t_sched: float) -> None:
+        lag = (perf() - t_sched) * 1000.0
+        if i >= n_warm and lag > result.max_lag_ms:
+            result.max_lag_ms = lag
+        conn.job = (i, t_sched)
+        assert conn.transport is not None
+        conn.transport.write(requests[i % len(requests)])
+
+    def next_job(conn: _Conn) -> None:
         conn.job = None
-        pending[0] -= 1
-        if pending[0] == 0 and not finished.done() and dispatching[0] is False:
+        outstanding[0] -= 1
+        if queued:
+            send(conn, *queued.popleft())
+        else:
+            idle.append(conn)
+        if outstanding[0] == 0 and not dispatching[0] and not finished.done():
             finished.set_result(None)
 
     def on_answer(conn: _Conn, status: int) -> None:
@@ -230,79 +243,66 @@ async def _open_loop(host: str, port: int, requests: Sequence[bytes], rate: floa
                 result.latencies_ms.append((t1 - t_sched) * 1000.0)  # from when it was due: no coordinated omission
             else:
                 result.errors[f"HTTP {status}"] = result.errors.get(f"HTTP {status}", 0) + 1
-        settle(conn)
-        idle.append(conn)
-        if waiters:
-            w = waiters.pop(0)
-            if not w.done():
-                w.set_result(None)
+        next_job(conn)
 
     def on_lost(conn: _Conn, kind: str) -> None:
+        if conn in conns:
+            conns.remove(conn)
+        if conn in idle:
+            idle.remove(conn)
         if conn.job is not None:
             if conn.job[0] >= n_warm:
                 result.errors[kind] = result.errors.get(kind, 0) + 1
-            settle(conn)
+            conn.job = None
+            outstanding[0] -= 1
         if conn.transport is not None:
             conn.transport.close()
-        if conn in idle:
-            idle.remove(conn)
-        if conn in conns:
-            conns.remove(conn)
+        if not conns and not finished.done():
+            finished.set_exception(ConnectionError(f"every connection to {host}:{port} was lost ({kind})"))
 
-    for _ in range(min(initial_connections, max_connections)):  # opened before the clock starts
+    for _ in range(connections):  # the pool, opened before the clock starts
         _, proto = await loop.create_connection(lambda: _Conn(on_answer, on_lost), host, port)
         conns.append(proto)
         idle.append(proto)
     dispatching = [True]
     t0 = perf() + 0.05
     i = 0
-    while i < n_total:
+    while i < n_total and not finished.done():
         now = perf()
         due = t0 + i * interval
-        if due > now:
-            await asyncio.sleep(due - now)
+        if due > now:  # (uvloop's timers count whole milliseconds: a shorter sleep would spin)
+            await asyncio.sleep(max(due - now, 0.001))
             continue
-        while i < n_total and t0 + i * interval <= perf():  # everything due by now
-            t_sched = t0 + i * interval
+        while i < n_total and t0 + i * interval <= now:  # everything due by now
+            outstanding[0] += 1
             if idle:
-                conn = idle.pop()
-            elif len(conns) < max_connections:
-                _, proto = await loop.create_connection(lambda: _Conn(on_answer, on_lost), host, port)
-                conn = proto
-                conns.append(conn)
-            else:  # every connection busy: the request waits, and its wait counts in its latency
-                w = loop.create_future()
-                waiters.append(w)
-                await w
-                continue
-            lag = (perf() - t_sched) * 1000.0
-            if i >= n_warm and lag > result.max_lag_ms:
-                result.max_lag_ms = lag
-            conn.job = (i, t_sched)
-            pending[0] += 1
-            assert conn.transport is not None
-            conn.transport.write(requests[i % len(requests)])
+                send(idle.pop(), i, t0 + i * interval)
+            else:  # every connection busy: the request waits its turn, and the wait counts in its latency
+                queued.append((i, t0 + i * interval))
             i += 1
     dispatching[0] = False
-    if pending[0]:
+    if outstanding[0] and not finished.done():
         try:
-            await asyncio.wait_for(finished, timeout=30.0)
+            await asyncio.wait_for(asyncio.shield(finished), timeout=30.0)
         except TimeoutError:
-            result.errors["no answer within 30 s"] = pending[0]
-    for conn in conns:
+            result.errors["no answer within 30 s"] = outstanding[0]
+    if finished.done() and finished.exception() is not None:
+        result.errors["connections lost"] = outstanding[0]
+    for conn in list(conns):
         if conn.transport is not None:
             conn.transport.close()
-    result.connections = len(conns)
+    result.connections = connections
     return result
 
 
 def run_open_loop(
     host: str, port: int, requests: Sequence[bytes], *, rate: float, warmup_s: float = 2.0, duration_s: float = 15.0,
-    max_connections: int = 256, initial_connections: int = 32,
+    connections: int = 64,
 ) -> OpenLoopResult:
     """Open loop at a constant ``rate``: request ``i`` is due at ``start + i / rate`` whatever
-    the server does, sent on an idle keep-alive connection (``initial_connections`` are opened
-    before the clock starts; a new one when all are busy, up to ``max_connections``), and its latency runs from when it was due to the end of its answer, so
+    the server does, sent on an idle keep-alive connection of a pool of ``connections`` opened
+    before the clock starts (as a storefront back end's HTTP client pool; when all are busy, it
+    waits for the first one free, in order), and its latency runs from when it was due to the end of its answer, so
     a stall counts for every request that fell due during it (what a closed loop hides: its
     clients stop sending while they wait). Only requests due after ``warmup_s`` count.
     ``client_max_lag_ms`` says how late the generator itself was at worst."""
@@ -316,4 +316,4 @@ def run_open_loop(
         runner: Any = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run
-    return runner(_open_loop(host, port, requests, rate, warmup_s, duration_s, max_connections, initial_connections))
+    return runner(_open_loop(host, port, requests, rate, warmup_s, duration_s, connections))
