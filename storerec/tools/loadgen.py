@@ -199,21 +199,21 @@ class _Conn(asyncio.Protocol):
             self.on_answer(self, self.status)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.job is not None:
-            self.on_lost(self, type(exc).__name__ if exc else "connection closed")
+        self.on_lost(self, type(exc).__name__ if exc else "connection closed")
 
 
 async def _open_loop(host: str, port: int, requests: Sequence[bytes], rate: float, warmup_s: float, duration_s: float,
                      connections: int) -> OpenLoopResult:
     loop = asyncio.get_running_loop()
     result = OpenLoopResult(rate, duration_s)
-    idle: list[_Conn] = []
+    idle: deque[_Conn] = deque()  # first in, first out: every connection stays in use (servers close idle ones)
     conns: list[_Conn] = []
     queued: deque[tuple[int, float]] = deque()  # due, but every connection was busy
     interval = 1.0 / rate
     n_warm = int(warmup_s * rate)
     n_total = n_warm + int(duration_s * rate)
     outstanding = [0]
+    dispatching = [True]
     finished = loop.create_future()
     perf = time.perf_counter
 
@@ -246,6 +246,8 @@ async def _open_loop(host: str, port: int, requests: Sequence[bytes], rate: floa
         next_job(conn)
 
     def on_lost(conn: _Conn, kind: str) -> None:
+        """A connection closed (by the server, or on an error): its request, if any, failed; a
+        new connection takes its place in the pool."""
         if conn in conns:
             conns.remove(conn)
         if conn in idle:
@@ -255,19 +257,34 @@ async def _open_loop(host: str, port: int, requests: Sequence[bytes], rate: floa
                 result.errors[kind] = result.errors.get(kind, 0) + 1
             conn.job = None
             outstanding[0] -= 1
+            if outstanding[0] == 0 and not dispatching[0] and not finished.done():
+                finished.set_result(None)
         if conn.transport is not None:
             conn.transport.close()
-        if not conns and not finished.done():
-            finished.set_exception(ConnectionError(f"every connection to {host}:{port} was lost ({kind})"))
+        if dispatching[0] or outstanding[0]:
+            replacements.add(loop.create_task(replace()))
+
+    async def replace() -> None:
+        try:
+            _, proto = await loop.create_connection(lambda: _Conn(on_answer, on_lost), host, port)
+        except OSError as exc:
+            result.errors[f"reconnect: {type(exc).__name__}"] = result.errors.get(f"reconnect: {type(exc).__name__}", 0) + 1
+            return
+        conns.append(proto)
+        if queued:
+            send(proto, *queued.popleft())
+        else:
+            idle.append(proto)
+
+    replacements: set[asyncio.Task[None]] = set()
 
     for _ in range(connections):  # the pool, opened before the clock starts
         _, proto = await loop.create_connection(lambda: _Conn(on_answer, on_lost), host, port)
         conns.append(proto)
         idle.append(proto)
-    dispatching = [True]
     t0 = perf() + 0.05
     i = 0
-    while i < n_total and not finished.done():
+    while i < n_total:
         now = perf()
         due = t0 + i * interval
         if due > now:  # (uvloop's timers count whole milliseconds: a shorter sleep would spin)
@@ -275,8 +292,10 @@ async def _open_loop(host: str, port: int, requests: Sequence[bytes], rate: floa
             continue
         while i < n_total and t0 + i * interval <= now:  # everything due by now
             outstanding[0] += 1
+            while idle and idle[0].transport is not None and idle[0].transport.is_closing():
+                idle.popleft()  # closed by the server; its replacement is on the way (on_lost)
             if idle:
-                send(idle.pop(), i, t0 + i * interval)
+                send(idle.popleft(), i, t0 + i * interval)
             else:  # every connection busy: the request waits its turn, and the wait counts in its latency
                 queued.append((i, t0 + i * interval))
             i += 1
@@ -286,8 +305,6 @@ async def _open_loop(host: str, port: int, requests: Sequence[bytes], rate: floa
             await asyncio.wait_for(asyncio.shield(finished), timeout=30.0)
         except TimeoutError:
             result.errors["no answer within 30 s"] = outstanding[0]
-    if finished.done() and finished.exception() is not None:
-        result.errors["connections lost"] = outstanding[0]
     for conn in list(conns):
         if conn.transport is not None:
             conn.transport.close()
