@@ -19,9 +19,11 @@ SHOPPERS ?= 2000
 A ?= champion
 B ?= challenger
 PYTEST_ARGS ?=
+KIND ?= replenish
+CAMPAIGN ?=
 
 .PHONY: help install lock run serve data features import-ml100k train tune evaluate promote models recommend-batch mlflow-ui \
-        simulate-traffic ab-report replay export-events sync-events retrain bench-live \
+        campaign campaign-report simulate-traffic ab-report replay export-events sync-events retrain bench-live \
         lint test test-fast bench bench-offline bench-quality bench-ml100k bench-serve behaviour fuzz soak clean clean-data
 
 help:  ## list targets
@@ -72,6 +74,13 @@ models: install  ## list registered model versions with aliases and headline met
 
 recommend-batch: install  ## lists for a campaign: make recommend-batch [USERS=ids.csv] [ARGS='--segment dormant'] OUT=recs.parquet|recs.csv (no USERS: every user)
 	$(STOREREC) recommend-batch --model champion $(if $(USERS),--users $(USERS)) --k $(K) --out $(OUT) $(ARGS)
+
+campaign: install  ## loyalty campaign lists (reasons, holdout, frequency cap): make campaign KIND=replenish|winback|points-expiring|new-arrivals [OUT=campaign.csv]
+	$(STOREREC) campaign --kind $(KIND) --out $(if $(filter recs.parquet,$(OUT)),campaign.csv,$(OUT)) $(ARGS)
+
+campaign-report: install  ## treated vs holdout of a campaign over a window: make campaign-report CAMPAIGN=id [ARGS='--window-days 14 --out report.md']
+	@test -n "$(CAMPAIGN)" || { echo "usage: make campaign-report CAMPAIGN=<campaign id> (storerec campaign-report --list lists them)"; exit 2; }
+	$(STOREREC) campaign-report --campaign $(CAMPAIGN) $(ARGS)
 
 simulate-traffic: install  ## play built-in-store shoppers against the running service (SHOPPERS=2000)
 	$(STOREREC) simulate-traffic --shoppers $(SHOPPERS) $(ARGS)

@@ -558,7 +558,7 @@ def test_a_new_database_is_upgraded_to_the_tables_of_the_code(eventlog_url: str)
             skip_version = lambda name, type_, _parent: not (type_ == "table" and name == el.VERSION_TABLE)
             ctx = MigrationContext.configure(conn, opts={"compare_type": True, "include_name": skip_version})
             assert compare_metadata(ctx, el.metadata) == []  # the migrations make exactly the sa.Table definitions
-            assert set(sa.inspect(conn).get_table_names()) == {"impressions", "feedback", "behaviour", el.VERSION_TABLE}
+            assert set(sa.inspect(conn).get_table_names()) == {"impressions", "feedback", "behaviour", "campaign_sends", el.VERSION_TABLE}
     finally:
         engine.dispose()
     EventLog(url).close()

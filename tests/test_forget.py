@@ -69,7 +69,7 @@ def test_ids_from_a_file_and_no_ids_at_all(store: Path, tmp_path: Path, capsys: 
     assert "error:" in capsys.readouterr().err
 
 
-def test_forget_cleans_the_event_log(eventlog_url: str, tmp_path: Path) -> None:
+def test_forget_cleans_the_event_log(eventlog_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from storerec.events.eventlog import EventLog, read_frames, upgrade
 
     upgrade(eventlog_url)
@@ -88,9 +88,18 @@ def test_forget_cleans_the_event_log(eventlog_url: str, tmp_path: Path) -> None:
         {"event_id": "b2", "ts": now, "user_id": "kept-1", "session_id": None, "item_id": "i2", "event_type": "cart"},
     ], 30)
     log.close()
+    from storerec.events.campaigns import campaign_members, record_campaign
+    from storerec.events.eventlog import make_engine
+
+    engine = make_engine(eventlog_url)
+    record_campaign(engine, "c1", "winback", now, [("gone-1", False, 5), ("kept-1", False, 5)])  # the campaign ledger
+    record_campaign(engine, "c2", "replenish", now, [("gone-1", True, 0)])  # the holdout is personal data too
+    engine.dispose()
     data = tmp_path / "data"
     data.mkdir()
-    assert main(["-q", "forget-user", "gone-1", "--data-dir", str(data), "--eventlog-url", eventlog_url]) == 0
+    assert main(["forget-user", "gone-1", "--data-dir", str(data), "--eventlog-url", eventlog_url]) == 0
+    out = capsys.readouterr().out
+    assert "event log campaign sends: 2 row(s) removed" in out and "event log behaviour: 1 row(s) removed" in out and "gone-1" not in out
     import sqlalchemy as sa
 
     from storerec.events.eventlog import behaviour, read_engine
@@ -98,6 +107,7 @@ def test_forget_cleans_the_event_log(eventlog_url: str, tmp_path: Path) -> None:
     engine = read_engine(eventlog_url)
     with engine.connect() as conn:
         assert [r.user_id for r in conn.execute(sa.select(behaviour.c.user_id))] == ["kept-1"]
+    assert campaign_members(engine, "c1")["user_id"].to_list() == ["kept-1"] and campaign_members(engine, "c2").height == 0
     engine.dispose()
     frames = read_frames(eventlog_url)
     assert frames["impressions"]["user_id"].to_list() == ["kept-1"]

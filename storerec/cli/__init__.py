@@ -444,6 +444,74 @@ def recommend_batch(state: _State, model_ref: str, users_file: Path | None, segm
     click.echo(summary.render())
 
 
+@cli.command("campaign", context_settings=CONTEXT_SETTINGS)
+@click.option("--kind", type=click.Choice(["replenish", "winback", "points-expiring", "new-arrivals"]), required=True,
+              help="replenish: members whose repurchase falls due; winback: dormant members; points-expiring: members whose points "
+              "expire within 30 days, items their balance covers; new-arrivals: new items in members' top categories.")
+@click.option("--segment", default=None, help="Only members of this lifecycle segment (new, active, dormant, churned).")
+@click.option("--tier", default=None, help="Only members of this tier (bronze, silver, gold, ...).")
+@click.option("--point-value", type=float, default=0.10, show_default=True, help="points-expiring: currency per loyalty point.")
+@click.option("--campaign-id", default=None, help="Id recorded in the event log (default: KIND-YYYYMMDD-HHMMSS); one campaign per id.")
+@click.option("--k", type=click.IntRange(1, 100), default=5, show_default=True, help="Items per member.")
+@click.option("--holdout", type=float, default=0.1, show_default=True, help="Share of members held out (sticky per campaign id; they receive nothing).")
+@click.option("--due-days", type=click.IntRange(1, 365), default=7, show_default=True, help="replenish: due within this many days.")
+@click.option("--cap-days", type=click.FloatRange(0, 365), default=7.0, show_default=True,
+              help="Leave out members another campaign reached this recently (0: no cap).")
+@click.option("--model", "model_ref", default="champion", show_default=True, help="Version whose ranker builds the lists.")
+@click.option("--out", type=FILE, required=True, help="Item rows: .parquet or .csv; the members (holdout flag) go to NAME-members.SUFFIX.")
+@data_dir_option
+@click.pass_obj
+def campaign_cmd(state: _State, kind: str, segment: str | None, tier: str | None, point_value: float, campaign_id: str | None, k: int,
+                 holdout: float, due_days: int, cap_days: float, model_ref: str, out: Path, data_dir: Path | None) -> None:
+    """Loyalty campaign lists through the service's ranking pipeline, with reasons, a sticky
+    holdout and a frequency cap across campaigns (remembered in the event log)."""
+    from datetime import UTC, datetime
+
+    from storerec.core.progress import Progress
+    from storerec.training.campaign import CampaignSpec, run_campaign
+
+    cid = campaign_id or f"{kind}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    spec = CampaignSpec(kind=kind, campaign_id=cid, k=k, holdout=holdout, due_days=due_days, point_value=point_value, segment=segment, tier=tier)
+    summary = run_campaign(state.settings, state.data_dir(data_dir), spec, out=out, model_ref=model_ref, cap_days=cap_days,
+                           progress=Progress("campaign", quiet=state.quiet))
+    click.echo(summary.render())
+
+
+@cli.command("campaign-report", context_settings=CONTEXT_SETTINGS)
+@click.option("--campaign", "campaign_id", default=None, help="Campaign id (as recorded by `storerec campaign`; --list shows them).")
+@click.option("--window-days", type=click.FloatRange(0, 3650, min_open=True), default=14.0, show_default=True,
+              help="Purchases from the campaign's time up to this many days later count.")
+@click.option("--holdout-share", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1, show_default=True,
+              help="The --holdout the campaign was run with (for the sample-ratio check).")
+@click.option("--bootstrap", type=click.IntRange(0, 100_000), default=2000, show_default=True, help="Bootstrap resamples for the revenue CI (0: none).")
+@click.option("--permutations", type=click.IntRange(0, 100_000), default=2000, show_default=True,
+              help="Permutations for the revenue p-value (0: Welch's t-test's instead).")
+@click.option("--eventlog-url", default=None, help="Event log database (default: eventlog.url).")
+@click.option("--out", type=FILE, default=None, help="Also write the report here, atomically: Markdown, or JSON for a .json name.")
+@click.option("--list", "list_only", is_flag=True, help="List the recorded campaigns and exit.")
+@data_dir_option
+@click.pass_obj
+def campaign_report_cmd(state: _State, campaign_id: str | None, window_days: float, holdout_share: float, bootstrap: int, permutations: int,
+                        eventlog_url: str | None, out: Path | None, list_only: bool, data_dir: Path | None) -> None:
+    """A campaign's outcome: conversion and revenue per member, treated vs holdout, over a window
+    after it (purchases from the data folder and the event log), with 95% CIs, p-values and the
+    sample-ratio check."""
+    from storerec.training.campaign_report import campaign_report, list_campaigns, render_list, write_report
+
+    url = eventlog_url or state.settings.eventlog.url
+    if list_only:
+        click.echo(render_list(list_campaigns(url)))
+        return
+    if not campaign_id:
+        raise UserError("give --campaign ID (`storerec campaign-report --list` lists the recorded campaigns)")
+    md, result = campaign_report(state.settings, state.data_dir(data_dir), campaign_id, window_days=window_days, holdout_share=holdout_share,
+                                 eventlog_url=url, bootstrap=bootstrap, permutations=permutations)
+    click.echo(md)
+    if out is not None:
+        write_report(out, md, result)
+        click.echo(f"report: {out}")
+
+
 @cli.command("mlflow-ui", context_settings=CONTEXT_SETTINGS)
 @click.option("--port", type=int, default=5000, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")

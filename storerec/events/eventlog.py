@@ -104,6 +104,20 @@ behaviour = sa.Table(
     sa.Column("price", sa.Float),  # unit price paid; purchases only
 )
 
+campaign_sends = sa.Table(
+    "campaign_sends",  # the campaign ledger (storerec/events/campaigns.py); revision 0003
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("campaign_id", sa.String(100), nullable=False),
+    sa.Column("kind", sa.String(40), nullable=False),  # replenish, winback, points-expiring, new-arrivals
+    sa.Column("user_id", sa.String(200), nullable=False),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),  # when the campaign was generated
+    sa.Column("holdout", sa.Boolean, nullable=False),  # held out: received nothing (not frequency-capped)
+    sa.Column("n_items", sa.Integer, nullable=False),  # items in the member's list (0 for the holdout)
+    sa.UniqueConstraint("campaign_id", "user_id", name="uq_campaign_sends_campaign_user"),
+    sa.Index("ix_campaign_sends_user_ts", "user_id", "ts"),  # the frequency cap: who was contacted since
+)
+
 # The tables of revision 0001, i.e. what ``metadata.create_all`` made before migrations existed:
 # an unversioned database holding exactly these is adopted (stamped 0001).
 _REVISION_0001_COLUMNS = {
@@ -1203,12 +1217,15 @@ def summary(url: str) -> dict[str, Any]:
     return out
 
 
-def delete_users(conn: sa.Connection, ids: Sequence[str]) -> tuple[int, int, int]:
-    """Delete these users' impressions, their feedback and feedback sent against their lists, and
-    their tracked behaviour (``storerec forget-user``); returns ``(impressions, feedback,
-    behaviour)`` deleted. A log from before the behaviour table (schema 0001) has none."""
-    tracked = sa.inspect(conn).has_table("behaviour")
-    n_imp = n_fb = n_beh = 0
+def delete_users(conn: sa.Connection, ids: Sequence[str]) -> tuple[int, int, int, int]:
+    """Delete these users' impressions, their feedback and feedback sent against their lists,
+    their tracked behaviour and their campaign ledger rows, treated or held out (``storerec
+    forget-user``); returns ``(impressions, feedback, behaviour, campaign_sends)`` deleted. A log
+    from before the behaviour table (schema 0001) or the campaign ledger (0002) has none there."""
+    insp = sa.inspect(conn)
+    tracked = insp.has_table(behaviour.name)
+    ledger = insp.has_table(campaign_sends.name)
+    n_imp = n_fb = n_beh = n_camp = 0
     for start in range(0, len(ids), 500):
         chunk = list(ids[start:start + 500])
         theirs = sa.select(impressions.c.request_id).where(impressions.c.user_id.in_(chunk))
@@ -1216,7 +1233,9 @@ def delete_users(conn: sa.Connection, ids: Sequence[str]) -> tuple[int, int, int
         n_imp += conn.execute(sa.delete(impressions).where(impressions.c.user_id.in_(chunk))).rowcount
         if tracked:
             n_beh += conn.execute(sa.delete(behaviour).where(behaviour.c.user_id.in_(chunk))).rowcount
-    return n_imp, n_fb, n_beh
+        if ledger:
+            n_camp += conn.execute(sa.delete(campaign_sends).where(campaign_sends.c.user_id.in_(chunk))).rowcount
+    return n_imp, n_fb, n_beh, n_camp
 
 
 def recent_activity(engine: sa.Engine, since: datetime) -> tuple[list[tuple[str, str, datetime]], list[tuple[str, str, datetime]]]:

@@ -16,7 +16,7 @@
   (else it finds them again, and logs why);
 * ``manifest.json``: format, row counts, the as-of time and the data fingerprint.
 
-With it, ``storerec.serving.state.load`` needs only the registry (or a folder of the version's
+With it, ``storerec.registry.loading.load`` needs only the registry (or a folder of the version's
 artifacts baked into a Bento), never the data folder. Versions registered before snapshots
 existed have no ``serving/`` folder and are served with the data folder's tables, as before;
 versions whose snapshot has no ``neighbours.npy`` (registered before it was written, or baked

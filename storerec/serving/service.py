@@ -333,8 +333,8 @@ class StoreRec:
         try:
             with self.eventlog.engine.begin() as conn:
                 counts = delete_users(conn, sorted(newly))
-            log.info("event log: %d impressions, %d feedback and %d tracked rows of %d forgotten user(s) written since the "
-                     "erasure deleted", *counts, len(newly))
+            log.info("event log: %d impressions, %d feedback, %d tracked and %d campaign ledger rows of %d forgotten user(s) "
+                     "written since the erasure deleted", *counts, len(newly))
         except Exception as exc:  # the service keeps serving; the erasure can be run again
             log.warning("event log: rows of %d forgotten user(s) could not be deleted (%s): run `storerec forget-user` again",
                         len(newly), type(exc).__name__)

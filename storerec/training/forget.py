@@ -6,7 +6,8 @@ For each id it removes, in this order (each step atomic, each safe to run again)
    ground truth (``truth/*.parquet`` with a ``user_id`` column), and every quarantine CSV row
    that holds the id in any field;
 2. the event log (SQLite or PostgreSQL): the user's impressions, their feedback, feedback
-   sent against those impressions' request ids, and their tracked behaviour events (``POST /track``);
+   sent against those impressions' request ids, their tracked behaviour events (``POST /track``)
+   and their campaign ledger rows (``campaign_sends``: sends and holdout membership);
 3. then records the **hashed** id in ``<data>/forgotten.parquet`` (``storerec/features/forget.py``), so
    later imports drop the user's rows again and serving treats the id as unknown.
 
@@ -99,10 +100,11 @@ def _clean_quarantine(folder: Path, ids: set[str]) -> int:
     return removed
 
 
-def forget_event_log(url: str, ids: list[str]) -> tuple[int, int, int]:
-    """Delete the users' impressions, feedback (and feedback on their lists) and tracked
-    behaviour events; returns ``(impressions, feedback, behaviour)`` deleted. A log that does not
-    exist yet holds nothing; one from before the behaviour table (schema 0001) has none."""
+def forget_event_log(url: str, ids: list[str]) -> tuple[int, int, int, int]:
+    """Delete the users' impressions, feedback (and feedback on their lists), tracked behaviour
+    events and campaign ledger rows; returns ``(impressions, feedback, behaviour,
+    campaign_sends)`` deleted. A log that does not exist yet holds nothing; one from before the
+    behaviour table (schema 0001) or the campaign ledger (0002) has none there."""
     import sqlalchemy as sa
 
     from storerec.events.eventlog import delete_users, read_engine
@@ -110,19 +112,19 @@ def forget_event_log(url: str, ids: list[str]) -> tuple[int, int, int]:
     try:
         engine = read_engine(url)
     except UserError:
-        return 0, 0, 0  # no event log: nothing logged, nothing to forget
+        return 0, 0, 0, 0  # no event log: nothing logged, nothing to forget
     try:
         with engine.begin() as conn:
             insp = sa.inspect(conn)
             if not (insp.has_table("impressions") and insp.has_table("feedback")):
-                return 0, 0, 0
-            n_imp, n_fb, n_beh = delete_users(conn, ids)
+                return 0, 0, 0, 0
+            counts = delete_users(conn, ids)
     except sa.exc.SQLAlchemyError as exc:
         raise UserError(f"the event log could not be cleaned ({type(exc).__name__}): nothing was deleted there; "
                         "run `storerec forget-user` again when the database is reachable") from None
     finally:
         engine.dispose()
-    return n_imp, n_fb, n_beh
+    return counts
 
 
 def forget_users(data_dir: Path, ids: list[str], eventlog_url: str | None) -> ForgetReport:
@@ -136,10 +138,11 @@ def forget_users(data_dir: Path, ids: list[str], eventlog_url: str | None) -> Fo
     report.rows["simulator truth"] = truth
     report.rows["quarantine files"] = _clean_quarantine(data_dir / "quarantine", set(ids))
     if eventlog_url:
-        imp, fb, beh = forget_event_log(eventlog_url, ids)
+        imp, fb, beh, camp = forget_event_log(eventlog_url, ids)
         report.rows["event log impressions"] = imp
         report.rows["event log feedback"] = fb
         report.rows["event log behaviour"] = beh
+        report.rows["event log campaign sends"] = camp
     report.newly_recorded = record_forgotten(data_dir, ids)
     return report
 
