@@ -171,6 +171,11 @@ def test_campaigns_end_to_end_with_holdout_cap_and_ledger(trained: Path, store: 
     assert 0.04 < len(held) / members.height < 0.18 and held == {u for u in members["user_id"] if in_holdout("r1", u, 0.1)}
     assert not held & set(rows["user_id"])  # the holdout receives nothing
     assert rows.group_by("user_id").len()["len"].max() <= 5
+    order = {"replenish": 0, "bought_together": 1}  # due items, then their complements, then the member's own list
+    for _, member_rows in rows.sort("rank").group_by("user_id"):
+        stages = [order.get(c, 2) for c in member_rows["reason_code"].to_list()]
+        assert stages == sorted(stages), member_rows
+    assert (rows["reason_code"] == "bought_together").sum() > 50
     firsts = rows.filter(pl.col("rank") == 1)
     assert (firsts["reason_code"] == "replenish").all() and firsts["reason_text"].str.starts_with("Time to restock").all()
     ev = json.loads(firsts["reasons"][0])[0]["evidence"]

@@ -10,16 +10,17 @@ its filters, diversity and reasons, exactly as ``POST /recommend`` ranks). The k
   bought again: :func:`due_items`) falls due in the next ``due_days`` days: the member's own
   median interval between purchases of that item, or else the item's typical one (the median
   over every member who bought it more than once). Due items come first (soonest first) with the reason "Time to
-  restock X (you buy it every ~N days)", then the ranker's list for the member without them.
+  restock X (you buy it every ~N days)", then their complements (items bought in the same orders,
+  not bought by the member before: "Often bought together with X"), then the ranker's list.
 * ``points-expiring``: members with points expiring within 30 days (the profiles'
   ``points_expiring_30d``; the date is the first expiry, ``profiles.points_expiry_days`` after the
   purchase that earned them): the ranker's list priced up to what their whole balance is worth
   (``point_value`` per point), each item with "Your N points expire on DATE: your B points
   (worth V) cover this".
-* ``new-arrivals``: new items (``is_new``) in each member's top categories, the member's likeliest
-  first (their share of the category, then the item's 7-day popularity), with "New arrival in X,
-  a category you often buy" (new items have no interactions yet: a collaborative model cannot
-  score them, the member's category affinities can).
+* ``new-arrivals``: members with new items (``is_new``) in their top categories: the ranker's list
+  restricted to those new items and categories (the model's cold-start path where it has one,
+  e.g. LightFM's item features; the pipeline's new-arrival and popularity sources otherwise),
+  with "New arrival in X, a category you often buy".
 * ``winback``: members of the ``dormant`` segment: the ranker's list restricted to their top
   categories (when they have any) and priced up to what they paid before (their highest purchase price x 1.2), each
   item with "Popular in X since your last visit" when at least ``min_buyers_since`` members bought
@@ -182,6 +183,10 @@ def build_lists(
     since_buyers: Any = None
     if spec.kind == "replenish":
         due = due_items(events, as_of, spec.due_days, spec.min_repeat_buyers)
+        index = {item: i for i, item in enumerate(ranker.items.ids.tolist())}
+        bought: dict[str, set[str]] = {}
+        for u, i in purchases(events, as_of).filter(pl.col(C.User).is_in(due[C.User].unique().implode())).select(C.User, C.Item).iter_rows():
+            bought.setdefault(u, set()).add(i)
         for user, user_due in due.group_by(C.User, maintain_order=True):
             firsts = []
             for r in user_due.iter_rows(named=True):
@@ -193,11 +198,12 @@ def build_lists(
                      "own_interval": r["own_interval"], "due": r["due"].isoformat()})})
             uid = str(user[0])
             targets[uid] = firsts[: spec.k]
-            due_ids = tuple(f["item"] for f in targets[uid])
-            # then the member's own list (its reasons name their history, e.g. "because you bought"), without the due items;
+            targets[uid] += complements(ranker, [f["item"] for f in targets[uid]], bought.get(uid, set()), spec.k - len(targets[uid]), index)
+            taken = tuple(f["item"] for f in targets[uid])
+            # then the member's own list (its reasons name their history, e.g. "because you bought"), without those;
             # no page context: "similar to X, which you are looking at" would not be true in an e-mail
             context[uid] = Context(page="home")
-            filters[uid] = Filters(exclude_item_ids=due_ids)
+            filters[uid] = Filters(exclude_item_ids=taken)
     elif spec.kind == "winback":
         if "segment" not in profiles.columns:
             raise UserError("winback needs the user profiles' segment: run `storerec features` first")
@@ -227,13 +233,15 @@ def build_lists(
                 f"(worth {value:.2f}) cover this",
                 {"points_expiring": points["expiring"], "expires_on": points["expires"].date().isoformat(),
                  "points_balance": points["balance"], "point_value": spec.point_value, "balance_value": value})
-    else:  # new-arrivals
+    else:  # new-arrivals: the ranker on the new items of the member's top categories (the model's cold-start path where it has one)
+        new_ids = set(items.filter(pl.col("is_new"))[C.Item].to_list()) if "is_new" in items.columns else set()
+        not_new = tuple(i for i in ranker.items.ids.tolist() if i not in new_ids)
         for uid, picks in new_arrival_matches(profiles, items, spec.k, spec.max_per_category).items():
-            targets[uid] = [{"item": item, "reason": _reason(
-                "new_arrival_for_you", f"New arrival in {cat}, a category you often buy",
-                {"category": cat, "your_share": round(share, 3), "created_at": created})} for item, cat, share, created in picks]
+            shares = {cat: share for _, cat, share, _ in picks}
+            targets[uid] = []
             context[uid] = Context(page="home")
-            filters[uid] = Filters(exclude_item_ids=tuple(p[0] for p in picks))
+            filters[uid] = Filters(include_categories=tuple(sorted(shares)), exclude_item_ids=not_new)
+            extra_reason[uid] = shares
     rows: list[dict[str, Any]] = []
     members: list[dict[str, Any]] = []
     skipped_capped = skipped_empty = 0
@@ -249,7 +257,7 @@ def build_lists(
         mine: list[dict[str, Any]] = []
         for f in targets[uid]:
             mine.append(_row(spec, uid, len(mine) + 1, f["item"], None, [f["reason"]], titles, categories, prices))
-        want = spec.k - len(mine) if spec.kind != "new-arrivals" else 0  # new arrivals: only the new items
+        want = spec.k - len(mine)
         if want > 0:
             try:
                 result = ranker.rank(uid, want, context[uid], filters[uid], Diversity(spec.diversity, spec.max_per_category))
@@ -259,6 +267,10 @@ def build_lists(
                 reasons = list(it.reasons)
                 if spec.kind == "points-expiring" and uid in extra_reason:
                     reasons.insert(0, extra_reason[uid])
+                if spec.kind == "new-arrivals" and it.category in extra_reason.get(uid, {}):
+                    share = extra_reason[uid][it.category]
+                    reasons.insert(0, _reason("new_arrival_for_you", f"New arrival in {it.category}, a category you often buy",
+                                              {"category": it.category, "your_share": round(share, 3)}))
                 if since_buyers is not None:
                     since = extra_reason.get(uid)
                     n = since_buyers(it.item_id, since) if since is not None else 0
@@ -279,6 +291,29 @@ def build_lists(
     member_schema = {"campaign_id": pl.String, "kind": pl.String, C.User: pl.String, "holdout": pl.Boolean, "n_items": pl.Int64,
                      "segment": pl.String, "tier": pl.String}
     return CampaignLists(pl.DataFrame(rows, schema=row_schema), pl.DataFrame(members, schema=member_schema), skipped_capped, skipped_empty)
+
+
+def complements(ranker: Ranker, anchors: list[str], owned: set[str], n: int, index: dict[str, int]) -> list[dict[str, Any]]:
+    """Up to ``n`` items bought in the same orders as ``anchors`` (the item features'
+    ``co_purchased``, in that order), in stock, not bought by the member before, each with the
+    reason "Often bought together with X". ``index``: item id -> the ranker's item index."""
+    out: list[dict[str, Any]] = []
+    if n <= 0:
+        return out
+    seen = set(anchors) | owned
+    for anchor in anchors:
+        a = index.get(anchor)
+        if a is None:
+            continue
+        for partner in ranker.items.co_purchased[a] or []:
+            j = index.get(partner)
+            if j is None or partner in seen or not ranker.items.in_stock[j]:
+                continue
+            seen.add(partner)
+            out.append({"item": partner, "reason": ranker.reasons.item_page("bought_together", a)})
+            if len(out) == n:
+                return out
+    return out
 
 
 def top_categories(value: Any) -> dict[str, float]:
