@@ -180,6 +180,17 @@ def test_campaigns_end_to_end_with_holdout_cap_and_ledger(trained: Path, store: 
     assert (firsts["reason_code"] == "replenish").all() and firsts["reason_text"].str.starts_with("Time to restock").all()
     ev = json.loads(firsts["reasons"][0])[0]["evidence"]
     assert {"item_id", "last_purchase", "interval_days", "due"} <= set(ev)
+    from storerec.core.settings import load_settings
+    from storerec.events.campaigns import campaign_members
+    from storerec.events.eventlog import make_engine
+
+    engine = make_engine(load_settings(trained, environ={}).eventlog.url)
+    try:
+        ledger = campaign_members(engine, "r1")
+    finally:
+        engine.dispose()
+    assert sorted(ledger.select("user_id", "holdout").rows()) == sorted(members.select("user_id", "holdout").rows())
+    assert set(ledger["holdout_share"]) == {0.1}  # the report's sample-ratio check reads it
     treated = members.filter(~pl.col("holdout"))
     assert dict(zip(treated["user_id"], treated["n_items"])) == dict(rows.group_by("user_id").len().iter_rows())
     # the frequency cap: a second campaign within 7 days leaves the treated members out (the held-out ones got nothing)

@@ -72,12 +72,15 @@ def test_upgrade_from_0002_keeps_every_row(eventlog_url: str) -> None:
 
 def test_record_and_read_back(engine: sa.Engine) -> None:
     members = [("u2", False, 5), ("u1", True, 0), ("u3", False, 3)]
-    assert record_campaign(engine, "replenish-2026-11-20", "replenish", T0, members) == 3
+    assert record_campaign(engine, "replenish-2026-11-20", "replenish", T0, members, holdout_share=0.2) == 3
     assert record_campaign(engine, "winback-1", "winback", T0 + timedelta(days=1), [("u4", False, 4)]) == 1
     got = campaign_members(engine, "replenish-2026-11-20")
-    assert got.columns == ["user_id", "holdout", "n_items", "ts", "kind"]
+    assert got.columns == ["user_id", "holdout", "n_items", "ts", "kind", "holdout_share"]
     assert got.schema["ts"] == pl.Datetime("us", "UTC") and got.schema["holdout"] == pl.Boolean
-    assert got.rows() == [("u1", True, 0, T0, "replenish"), ("u2", False, 5, T0, "replenish"), ("u3", False, 3, T0, "replenish")]
+    assert got.rows() == [("u1", True, 0, T0, "replenish", 0.2), ("u2", False, 5, T0, "replenish", 0.2), ("u3", False, 3, T0, "replenish", 0.2)]
+    assert campaign_members(engine, "winback-1")["holdout_share"].to_list() == [None]  # not given: not recorded
+    with pytest.raises(ValueError, match="holdout share 1.0"):
+        record_campaign(engine, "bad-share", "winback", T0, [("u5", False, 1)], holdout_share=1.0)
     assert contacted_since(engine, T0 - timedelta(days=7)) == {"u2", "u3", "u4"}
     with engine.connect() as conn:  # a connection works as well as an engine
         assert campaign_members(conn, "winback-1")["user_id"].to_list() == ["u4"]
@@ -86,7 +89,7 @@ def test_record_and_read_back(engine: sa.Engine) -> None:
 
 def test_an_unknown_campaign_is_an_empty_frame_with_the_columns(engine: sa.Engine) -> None:
     got = campaign_members(engine, "nope")
-    assert got.height == 0 and got.columns == ["user_id", "holdout", "n_items", "ts", "kind"]
+    assert got.height == 0 and got.columns == ["user_id", "holdout", "n_items", "ts", "kind", "holdout_share"]
     assert got.schema["n_items"] == pl.Int64 and got.schema["ts"] == pl.Datetime("us", "UTC")
 
 

@@ -481,8 +481,8 @@ def campaign_cmd(state: _State, kind: str, segment: str | None, tier: str | None
 @click.option("--campaign", "campaign_id", default=None, help="Campaign id (as recorded by `storerec campaign`; --list shows them).")
 @click.option("--window-days", type=click.FloatRange(0, 3650, min_open=True), default=14.0, show_default=True,
               help="Purchases from the campaign's time up to this many days later count.")
-@click.option("--holdout-share", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1, show_default=True,
-              help="The --holdout the campaign was run with (for the sample-ratio check).")
+@click.option("--holdout-share", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="The --holdout the campaign was run with, for the sample-ratio check (default: as the ledger recorded it, else 0.1).")
 @click.option("--bootstrap", type=click.IntRange(0, 100_000), default=2000, show_default=True, help="Bootstrap resamples for the revenue CI (0: none).")
 @click.option("--permutations", type=click.IntRange(0, 100_000), default=2000, show_default=True,
               help="Permutations for the revenue p-value (0: Welch's t-test's instead).")
@@ -491,7 +491,7 @@ def campaign_cmd(state: _State, kind: str, segment: str | None, tier: str | None
 @click.option("--list", "list_only", is_flag=True, help="List the recorded campaigns and exit.")
 @data_dir_option
 @click.pass_obj
-def campaign_report_cmd(state: _State, campaign_id: str | None, window_days: float, holdout_share: float, bootstrap: int, permutations: int,
+def campaign_report_cmd(state: _State, campaign_id: str | None, window_days: float, holdout_share: float | None, bootstrap: int, permutations: int,
                         eventlog_url: str | None, out: Path | None, list_only: bool, data_dir: Path | None) -> None:
     """A campaign's outcome: conversion and revenue per member, treated vs holdout, over a window
     after it (purchases from the data folder and the event log), with 95% CIs, p-values and the

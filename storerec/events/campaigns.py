@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 INSERT_CHUNK = 1_000  # rows per INSERT statement (all in one transaction)
 _PG_LEDGER_LOCK = 0x73726563  # pg_advisory_xact_lock(key, hashtext(campaign_id)) namespace: "srec"
 
-MEMBER_COLUMNS = ("user_id", "holdout", "n_items", "ts", "kind")
+MEMBER_COLUMNS = ("user_id", "holdout", "n_items", "ts", "kind", "holdout_share")
 
 
 class CampaignExists(ValueError):
@@ -90,7 +90,8 @@ def _lock_campaign_id(conn: sa.Connection, campaign_id: str) -> None:
         conn.exec_driver_sql(f"DELETE FROM {campaign_sends.name} WHERE 0")
 
 
-def record_campaign(bind: Bind, campaign_id: str, kind: str, ts: datetime, members: Sequence[tuple[str, bool, int]]) -> int:
+def record_campaign(bind: Bind, campaign_id: str, kind: str, ts: datetime, members: Sequence[tuple[str, bool, int]],
+                    holdout_share: float | None = None) -> int:
     """Record a campaign: one row per ``(user_id, holdout, n_items)`` of ``members``, all at
     ``ts`` (when it was generated, timezone-aware), in one transaction; returns the rows written.
 
@@ -102,6 +103,8 @@ def record_campaign(bind: Bind, campaign_id: str, kind: str, ts: datetime, membe
         raise ValueError("campaign id must not be empty")
     if not kind:
         raise ValueError("campaign kind must not be empty")
+    if holdout_share is not None and not 0.0 <= holdout_share < 1.0:
+        raise ValueError(f"campaign {campaign_id!r}: holdout share {holdout_share} must be at least 0 and below 1")
     rows: list[dict[str, object]] = []
     seen: set[str] = set()
     for user_id, holdout, n_items in members:
@@ -112,7 +115,8 @@ def record_campaign(bind: Bind, campaign_id: str, kind: str, ts: datetime, membe
         if int(n_items) < 0:
             raise ValueError(f"campaign {campaign_id!r}: member {user_id!r} has n_items {n_items} < 0")
         seen.add(user_id)
-        rows.append({"campaign_id": campaign_id, "kind": kind, "user_id": user_id, "holdout": bool(holdout), "n_items": int(n_items)})
+        rows.append({"campaign_id": campaign_id, "kind": kind, "user_id": user_id, "holdout": bool(holdout), "n_items": int(n_items),
+                     "holdout_share": holdout_share})
     with _transaction(bind) as conn:
         stamp = _db_ts(conn, ts)
         _lock_campaign_id(conn, campaign_id)
@@ -135,14 +139,17 @@ def contacted_since(bind: Bind, since: datetime) -> set[str]:
 
 def campaign_members(bind: Bind, campaign_id: str) -> pl.DataFrame:
     """A campaign's members, treated and held out: ``user_id``, ``holdout``, ``n_items``, ``ts``
-    (UTC), ``kind``, by ``user_id``; an empty frame with those columns for an unknown id."""
+    (UTC), ``kind``, ``holdout_share`` (the share it held out, None when not recorded), by
+    ``user_id``; an empty frame with those columns for an unknown id."""
     import polars as pl
 
     c = campaign_sends.c
     with _connection(bind) as conn:
-        rows = conn.execute(sa.select(c.user_id, c.holdout, c.n_items, c.ts, c.kind).where(c.campaign_id == campaign_id).order_by(c.user_id)).all()
+        rows = conn.execute(sa.select(c.user_id, c.holdout, c.n_items, c.ts, c.kind, c.holdout_share)
+                            .where(c.campaign_id == campaign_id).order_by(c.user_id)).all()
     schema: dict[str, pl.DataType | type[pl.DataType]] = {
         "user_id": pl.String, "holdout": pl.Boolean, "n_items": pl.Int64, "ts": pl.Datetime("us", "UTC"), "kind": pl.String,
+        "holdout_share": pl.Float64,
     }
     data = {
         "user_id": [r.user_id for r in rows],
@@ -150,6 +157,7 @@ def campaign_members(bind: Bind, campaign_id: str) -> pl.DataFrame:
         "n_items": [int(r.n_items) for r in rows],
         "ts": [_utc(r.ts) for r in rows],
         "kind": [r.kind for r in rows],
+        "holdout_share": [None if r.holdout_share is None else float(r.holdout_share) for r in rows],
     }
     return pl.DataFrame(data, schema=schema)
 

@@ -113,6 +113,7 @@ campaign_sends = sa.Table(
     sa.Column("user_id", sa.String(200), nullable=False),
     sa.Column("ts", sa.DateTime(timezone=True), nullable=False),  # when the campaign was generated
     sa.Column("holdout", sa.Boolean, nullable=False),  # held out: received nothing (not frequency-capped)
+    sa.Column("holdout_share", sa.Float, nullable=True),  # the campaign's --holdout (the sample-ratio check's expectation)
     sa.Column("n_items", sa.Integer, nullable=False),  # items in the member's list (0 for the holdout)
     sa.UniqueConstraint("campaign_id", "user_id", name="uq_campaign_sends_campaign_user"),
     sa.Index("ix_campaign_sends_user_ts", "user_id", "ts"),  # the frequency cap: who was contacted since

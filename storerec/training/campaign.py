@@ -499,7 +499,7 @@ def run_campaign(
             _write(lists.members, temps[members_out], out.suffix)
             members = [(r[C.User], r["holdout"], r["n_items"]) for r in lists.members.iter_rows(named=True)]
             try:
-                record_campaign(engine, spec.campaign_id, spec.kind, now, members)
+                record_campaign(engine, spec.campaign_id, spec.kind, now, members, holdout_share=spec.holdout)
             except CampaignExists as exc:
                 raise UserError(f"{exc}: pick another --campaign-id (nothing was written)") from None
             for final, tmp in temps.items():

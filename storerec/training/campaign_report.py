@@ -255,16 +255,18 @@ def _unknown(campaign_id: str, known: list[dict[str, Any]]) -> UserError:
                      "`storerec campaign-report --list` lists them all")
 
 
-def campaign_report(settings: Any, data_dir: Path, campaign_id: str, *, window_days: float = DEFAULT_WINDOW_DAYS, holdout_share: float = 0.1,
+def campaign_report(settings: Any, data_dir: Path, campaign_id: str, *, window_days: float = DEFAULT_WINDOW_DAYS, holdout_share: float | None = None,
                     eventlog_url: str | None = None, bootstrap: int = 2000, permutations: int = 2000,
                     now: datetime | None = None) -> tuple[str, dict[str, Any]]:
-    """The campaign's report: (Markdown, a JSON-able dict)."""
+    """The campaign's report: (Markdown, a JSON-able dict). ``holdout_share``: the share the
+    campaign held out, for the sample-ratio check; None: as the ledger recorded it (``storerec
+    campaign`` records its ``--holdout``), else 0.1."""
     from storerec.events.campaigns import campaign_ids, campaign_members
     from storerec.events.eventlog import read_engine
 
     if not window_days > 0:
         raise UserError(f"--window-days {window_days}: must be above 0")
-    if not 0.0 < holdout_share < 1.0:
+    if holdout_share is not None and not 0.0 < holdout_share < 1.0:
         raise UserError(f"--holdout-share {holdout_share}: must be above 0 and below 1 (the --holdout the campaign was run with)")
     url = eventlog_url or settings.eventlog.url
     data_dir = Path(data_dir)
@@ -275,6 +277,9 @@ def campaign_report(settings: Any, data_dir: Path, campaign_id: str, *, window_d
         members = campaign_members(engine, campaign_id) if has_ledger else pl.DataFrame()
         if members.is_empty():
             raise _unknown(campaign_id, campaign_ids(engine) if has_ledger else [])
+        if holdout_share is None:
+            recorded = members["holdout_share"].drop_nulls() if "holdout_share" in members.columns else pl.Series([], dtype=pl.Float64)
+            holdout_share = float(recorded[0]) if recorded.len() and 0.0 < float(recorded[0]) < 1.0 else 0.1
         start = members["ts"].min()
         assert isinstance(start, datetime)
         end = start + timedelta(days=window_days)

@@ -26,6 +26,7 @@ def upgrade() -> None:
         sa.Column("user_id", sa.String(200), nullable=False),
         sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
         sa.Column("holdout", sa.Boolean, nullable=False),
+        sa.Column("holdout_share", sa.Float, nullable=True),
         sa.Column("n_items", sa.Integer, nullable=False),
         sa.UniqueConstraint("campaign_id", "user_id", name="uq_campaign_sends_campaign_user"),
     )
