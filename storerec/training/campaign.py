@@ -187,9 +187,12 @@ def build_lists(
         bought: dict[str, set[str]] = {}
         for u, i in purchases(events, as_of).filter(pl.col(C.User).is_in(due[C.User].unique().implode())).select(C.User, C.Item).iter_rows():
             bought.setdefault(u, set()).add(i)
+        stocked = dict(zip(items[C.Item].to_list(), items["in_stock"].to_list())) if "in_stock" in items.columns else {}
         for user, user_due in due.group_by(C.User, maintain_order=True):
             firsts = []
             for r in user_due.iter_rows(named=True):
+                if stocked.get(r[C.Item]) is False:
+                    continue  # nothing to restock from (the service's in-stock filter)
                 days = int(round(r["interval_days"]))
                 whose = "you buy it" if r["own_interval"] else "shoppers buy it"
                 firsts.append({"item": r[C.Item], "reason": _reason(
@@ -197,6 +200,8 @@ def build_lists(
                     {"item_id": r[C.Item], "last_purchase": r["last_purchase"].isoformat(), "interval_days": round(r["interval_days"], 1),
                      "own_interval": r["own_interval"], "due": r["due"].isoformat()})})
             uid = str(user[0])
+            if not firsts:
+                continue
             targets[uid] = firsts[: spec.k]
             targets[uid] += complements(ranker, [f["item"] for f in targets[uid]], bought.get(uid, set()), spec.k - len(targets[uid]), index)
             taken = tuple(f["item"] for f in targets[uid])
