@@ -61,6 +61,32 @@ def hot_users(data, n: int = 15) -> list[str]:
     return counts.filter(pl.col("len") >= 3).sort("user_id")["user_id"].head(n).to_list()
 
 
+def test_details_give_what_a_storefront_renders_and_lean_answers_stay_lean(svc, data) -> None:
+    """"details": true adds each item's title, brand, price and in_stock, as the catalogue has
+    them, on every list endpoint; without it the items keep only their five fields."""
+    from storerec.serving.schemas import ItemOut
+
+    catalogue = {r["item_id"]: r for r in pl.read_parquet(svc["store"] / "items.parquet").iter_rows(named=True)}
+    user = hot_users(data)[1]
+    item = data["items"].sort("pop_30d", descending=True)["item_id"][0]
+    lists = {
+        "/recommend": post(svc, "/recommend", {"user_id": user, "k": 6, "details": True}).json()["items"],
+        "/similar_items": (lambda b: b["similar"] + b["bought_together"])(post(svc, "/similar_items", {"item_id": item, "k": 4, "details": True}).json()),
+        "/trending": post(svc, "/trending", {"k": 4, "details": True}).json()["items"],
+        "/new_arrivals": post(svc, "/new_arrivals", {"k": 4, "details": True}).json()["items"],
+    }
+    for path, items in lists.items():
+        assert items, path
+        for it in items:
+            ItemOut.model_validate(it)
+            row = catalogue[it["item_id"]]
+            assert (it["title"], it["brand"], it["price"], it["in_stock"]) == (row["title"], row["brand"], row["price"], row["in_stock"]), path
+    lean = post(svc, "/recommend", {"user_id": user, "k": 6}).json()["items"]
+    assert all(set(it) == {"item_id", "rank", "score", "category", "reasons"} for it in lean)
+    assert [it["item_id"] for it in lean] == [it["item_id"] for it in lists["/recommend"]]  # the same list either way
+    assert post(svc, "/recommend", {"user_id": user, "details": "yes"}).status_code == 400
+
+
 def test_storerec_serve_hands_the_process_options_to_bentoml(monkeypatch: pytest.MonkeyPatch) -> None:
     """serving.workers, access_log and metrics reach BentoML's configuration through the
     variables `storerec serve` sets (serving/launch.py), over the @bentoml.service arguments; the

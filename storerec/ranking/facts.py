@@ -67,6 +67,7 @@ class ItemFacts:
     co_purchased: list[Any]  # item ids bought in the same orders (or None)
     trending_rank: np.ndarray  # float32: the trending list's order (storerec.core.formulas)
     new_rank: np.ndarray  # float32: the new-arrival list's order (storerec.core.formulas)
+    brands: list[str] | None = None  # "" when unknown (None: not loaded)
 
     @property
     def n(self) -> int:
@@ -75,6 +76,14 @@ class ItemFacts:
     @property
     def n_groups(self) -> int:
         return len(self.categories) + 1
+
+    def details(self, i: int) -> dict[str, Any]:
+        """What a storefront needs to render item ``i``: ``title``, ``brand``, ``price`` (None
+        when unknown), ``in_stock``."""
+        brand = self.brands[i] if self.brands is not None else ""
+        price = float(self.price[i])
+        return {"title": self.titles[i] or None, "brand": brand or None, "price": None if price != price else price,
+                "in_stock": bool(self.in_stock[i])}
 
     def display_names(self) -> list[str]:
         """The title of each item, or its id when it has none."""
@@ -121,6 +130,7 @@ class ItemFacts:
             co_purchased=table["co_purchased"].to_list() if "co_purchased" in table.columns else [None] * n,
             trending_rank=trending_rank_score(trending_score, users_total, is_new),
             new_rank=new_arrival_score(is_new, pop_7d),
+            brands=table[C.Brand].cast(pl.String).fill_null("").to_list() if C.Brand in table.columns else [""] * n,
         )
 
 

@@ -100,9 +100,15 @@ def _endpoint(path: str) -> Any:
     return bentoml.api(route=path, input_spec=route.request, output_spec=route.response)
 
 
-def _items(items: list[RankedItem]) -> list[dict[str, Any]]:
-    """Items in the :class:`ItemOut` shape."""
-    return [{"item_id": i.item_id, "rank": i.rank, "score": round(i.score, 6), "category": i.category, "reasons": i.reasons} for i in items]
+def _items(items: list[RankedItem], ranker: Ranker | None = None) -> list[dict[str, Any]]:
+    """Items in the :class:`ItemOut` shape; with ``ranker`` (the request asked for details) each
+    with its catalogue title, brand, price and stock from the ranker's item facts."""
+    out = [{"item_id": i.item_id, "rank": i.rank, "score": round(i.score, 6), "category": i.category, "reasons": i.reasons} for i in items]
+    if ranker is not None:
+        index_of = ranker.model.items.index_of  # type: ignore[union-attr]
+        for row in out:
+            row.update(ranker.items.details(index_of(str(row["item_id"]))))
+    return out
 
 
 def _json(body: dict[str, Any] | BaseModel, code: int = 200) -> Response:
@@ -476,7 +482,7 @@ class StoreRec:
             "source": result.source,
             "live_context": len(session),
             "live_excluded": n_excluded,
-            "items": _items(result.items),
+            "items": _items(result.items, loaded.ranker if req.details else None),
         })
 
     def _live_view(self, req: RecommendRequest, now: datetime) -> LiveView:
@@ -595,7 +601,8 @@ class StoreRec:
         self._log_list(request_id, now_utc(), state, similar + together, page="product")
         return _json({
             "request_id": request_id, "model": state.model_name, "model_version": state.version,
-            "similar": _items(similar), "bought_together": _items(together),
+            "similar": _items(similar, state.ranker if req.details else None),
+            "bought_together": _items(together, state.ranker if req.details else None),
         })
 
     @_endpoint("/trending")
@@ -604,7 +611,7 @@ class StoreRec:
         return await self._trending(ListRequest.model_construct(**kw))  # validated by BentoML against the input spec
 
     async def _trending(self, req: ListRequest) -> Response:
-        return self._list("trending", lambda ranker: ranker.trending(req.k, req.category, req.region))
+        return self._list("trending", lambda ranker: ranker.trending(req.k, req.category, req.region), req.details)
 
     @_endpoint("/new_arrivals")
     async def new_arrivals(self, **kw: Any) -> Response:
@@ -612,9 +619,9 @@ class StoreRec:
         return await self._new_arrivals(ListRequest.model_construct(**kw))  # validated by BentoML against the input spec
 
     async def _new_arrivals(self, req: ListRequest) -> Response:
-        return self._list("new_arrivals", lambda ranker: ranker.new_arrivals(req.k, req.category))
+        return self._list("new_arrivals", lambda ranker: ranker.new_arrivals(req.k, req.category), req.details)
 
-    def _list(self, page: str, rank: Callable[[Ranker], RankResult]) -> Response:
+    def _list(self, page: str, rank: Callable[[Ranker], RankResult], details: bool = False) -> Response:
         """A list for no one in particular (``page``: trending, new arrivals), from the default
         model's ranker; logged as an impression."""
         loaded = self._current().default
@@ -624,7 +631,7 @@ class StoreRec:
             return error_response(404, str(exc), field=exc.field)
         request_id = _request_id()
         self._log_list(request_id, now_utc(), loaded, result.items, page=page)
-        return _json({"request_id": request_id, "items": _items(result.items)})
+        return _json({"request_id": request_id, "items": _items(result.items, loaded.ranker if details else None)})
 
     @_endpoint("/admin/reload")
     def reload(self, **kw: Any) -> Response:
