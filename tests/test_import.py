@@ -905,3 +905,38 @@ def test_reports_redact_user_ids_and_personal_attributes(tmp_path: Path, capsys:
     assert "alice" not in said and "bob" not in said
     q = pl.read_csv(next((out / "quarantine").iterdir()), infer_schema=False)
     assert q["user_id"].to_list() == ["alice@example.com", "bob"] and q["region"][0] == "Lyon"  # the file keeps raw rows
+
+
+def test_image_urls_are_optional_checked_and_reach_the_item_features(tmp_path: Path) -> None:
+    """items.image_url (optional): an http(s) URL or an absolute path, else the row is refused
+    naming it; imported as given, and carried into the item features the service renders from."""
+    from storerec.features.profiles import build_profiles
+    from storerec.ranking.facts import ItemFacts
+
+    header = ITEMS_HEADER + ",image_url"
+    bad = _csv(tmp_path / "bad.csv", header, ["i1,Pan,Home,,1,,,true,https://cdn.example.com/i1.jpg", "i2,Pot,Home,,1,,,true,pot.jpg"])
+    with pytest.raises(ImportRejected) as exc:
+        _import(tmp_path, items=bad)
+    assert "row 2 (line 3), image_url: not an image URL (expected http://..., https://... or an absolute path /...)" in str(exc.value)
+    items = _csv(tmp_path / "items.csv", header, ["i1,Pan,Home,,1,,,true,https://cdn.example.com/i1.jpg", "i2,Pot,Home,,1,,,true,/img/i2.png",
+                                                  "i3,Lid,Home,,1,,,true,"])
+    _import(tmp_path, items=items, events=_csv(tmp_path / "ev.csv", EVENTS_HEADER, [e for e in GOOD_EVENTS if ",i1," in e or ",i2," in e]))
+    data = tmp_path / "data"
+    assert read_table(data, "items")[C.ImageUrl].to_list() == ["https://cdn.example.com/i1.jpg", "/img/i2.png", None]
+    build_profiles(Settings(), data)
+    feats = pl.read_parquet(data / "profiles" / "items.parquet")
+    facts = ItemFacts.from_table(["i2", "i1", "i3"], feats)
+    assert [facts.details(k)["image_url"] for k in range(3)] == ["/img/i2.png", "https://cdn.example.com/i1.jpg", None]
+
+
+def test_append_to_an_items_table_written_before_image_urls(tmp_path: Path) -> None:
+    """A data folder from before items.image_url existed: appending items with pictures works,
+    the old items get no picture (null), nothing else changes."""
+    _import(tmp_path, items=_csv(tmp_path / "old.csv", ITEMS_HEADER, GOOD_ITEMS))
+    path = tmp_path / "data" / "items.parquet"
+    pl.read_parquet(path).drop(C.ImageUrl).write_parquet(path)  # as an older storerec wrote it
+    new = _csv(tmp_path / "new.csv", ITEMS_HEADER + ",image_url", ["i9,Jug,Home > Kitchen,,3,,,true,https://cdn.example.com/i9.jpg"])
+    _import(tmp_path, items=new, mode="append")
+    it = read_table(tmp_path / "data", "items")
+    assert it.schema == pl.Schema(TABLES["items"])
+    assert dict(zip(it[C.Item].to_list(), it[C.ImageUrl].to_list())) == {"i2": None, "i1": None, "i9": "https://cdn.example.com/i9.jpg"}

@@ -31,6 +31,7 @@ class Columns:
     Tags = "tags"
     CreatedAt = "created_at"
     InStock = "in_stock"
+    ImageUrl = "image_url"
 
     SignupAt = "signup_at"
     AgeBand = "age_band"
@@ -101,6 +102,7 @@ ITEMS_SCHEMA: dict[str, pl.DataType] = {
     C.Tags: pl.List(pl.String()),
     C.CreatedAt: UTC_DATETIME,
     C.InStock: pl.Boolean(),
+    C.ImageUrl: pl.String(),  # optional: an http(s) URL or an absolute path of the item's picture
 }
 ITEMS_REQUIRED = (C.Item, C.Category)
 

@@ -31,7 +31,7 @@ from pydantic import AfterValidator, Field, ValidationInfo, create_model, field_
 from storerec.core.config import ConfigModel, read_toml, validate_config
 from storerec.core.errors import UserError
 from storerec.core.progress import Progress
-from storerec.core.schema import CATEGORY_SEP, REQUIRED, TABLES, TAG_SEP, Columns, EventTypes, check_schema
+from storerec.core.schema import CATEGORY_SEP, REQUIRED, TABLES, TAG_SEP, Columns, EventTypes, check_schema, conform
 from storerec.core.settings import Settings
 from storerec.features.forget import drop_forgotten, forgotten_hashes, redact
 from storerec.features.io import TABLE_FILES, table_path, write_tables, write_text_atomic
@@ -625,6 +625,8 @@ def _read_existing(data_dir: Path, table: str) -> pl.DataFrame:
     path = table_path(data_dir, table)
     try:
         df = pl.read_parquet(path)
+        if set(df.columns) < set(TABLES[table]) and set(REQUIRED[table]) <= set(df.columns):
+            df = conform(df, table)  # written before an optional column existed (items.image_url): it is null there
         check_schema(df, table)
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
         msg = _polars_message(exc) if isinstance(exc, pl.exceptions.PolarsError) else str(exc)

@@ -398,7 +398,7 @@ def item_features(events: pl.DataFrame, items: pl.DataFrame, settings: Settings,
         )
         .select(
             C.Item, C.Title, C.Category, "category_l1", C.Brand, C.Price, C.Tags, "price_percentile", "price_band",
-            C.CreatedAt, "age_days", "is_new", C.InStock,
+            C.CreatedAt, "age_days", "is_new", C.InStock, *([C.ImageUrl] if C.ImageUrl in items.columns else []),
             "pop_7d", "pop_30d", "users_total", "purchases_7d", "purchases_30d", "purchases_total",
             "trending_score", "repeat_purchase_rate", "co_purchased",
         )  # fmt: skip

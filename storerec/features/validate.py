@@ -64,6 +64,7 @@ TIMESTAMP_UNITS = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}
 UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
 _I64_MAX = 2**63 - 1
 
+IMAGE_URL = r"^(https?://[^\s]+|/[^\s]*)$"  # an http(s) URL or an absolute path, no whitespace
 _BOOLEANS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 _INT32_MAX = 2**31 - 1
 
@@ -286,6 +287,10 @@ def _parse(
             expected = f"' (expected one of {', '.join(types)}; add it to events.types to accept it)"
             reason = pl.concat_str(_lit("unknown event type '"), v, _lit(expected))
             checks.append(_Check(col, v.is_not_null() & ~v.is_in(types), reason, "unknown event type"))
+        elif col == C.ImageUrl:
+            exprs.append(raw.str.strip_chars().alias(_parsed(col)))
+            reason = _lit("not an image URL (expected http://..., https://... or an absolute path /...)")
+            checks.append(_Check(col, present & ~v.str.contains(IMAGE_URL), reason, "not an image URL"))
         elif col == C.InStock:
             flag = raw.str.strip_chars().str.to_lowercase().replace_strict(_BOOLEANS, default=None, return_dtype=pl.Boolean)
             exprs.append(flag.alias(_parsed(col)))

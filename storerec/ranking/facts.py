@@ -68,6 +68,7 @@ class ItemFacts:
     trending_rank: np.ndarray  # float32: the trending list's order (storerec.core.formulas)
     new_rank: np.ndarray  # float32: the new-arrival list's order (storerec.core.formulas)
     brands: list[str] | None = None  # "" when unknown (None: not loaded)
+    image_urls: list[str | None] | None = None  # None when the catalogue has no picture of the item
 
     @property
     def n(self) -> int:
@@ -79,11 +80,11 @@ class ItemFacts:
 
     def details(self, i: int) -> dict[str, Any]:
         """What a storefront needs to render item ``i``: ``title``, ``brand``, ``price`` (None
-        when unknown), ``in_stock``."""
+        when unknown), ``in_stock``, ``image_url`` (None when the catalogue has no picture)."""
         brand = self.brands[i] if self.brands is not None else ""
         price = float(self.price[i])
         return {"title": self.titles[i] or None, "brand": brand or None, "price": None if price != price else price,
-                "in_stock": bool(self.in_stock[i])}
+                "in_stock": bool(self.in_stock[i]), "image_url": self.image_urls[i] if self.image_urls is not None else None}
 
     def display_names(self) -> list[str]:
         """The title of each item, or its id when it has none."""
@@ -131,6 +132,7 @@ class ItemFacts:
             trending_rank=trending_rank_score(trending_score, users_total, is_new),
             new_rank=new_arrival_score(is_new, pop_7d),
             brands=table[C.Brand].cast(pl.String).fill_null("").to_list() if C.Brand in table.columns else [""] * n,
+            image_urls=table[C.ImageUrl].cast(pl.String).to_list() if C.ImageUrl in table.columns else None,
         )
 
 

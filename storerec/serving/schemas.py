@@ -86,7 +86,7 @@ class RecommendRequest(_Strict):
     context: ContextIn = Field(default_factory=ContextIn)
     filters: FiltersIn = Field(default_factory=FiltersIn)
     diversity: DiversityIn = Field(default_factory=DiversityIn)
-    details: bool = Field(False, description="Add each item's title, brand, price and in_stock (what a storefront renders); off, the answer stays lean.")
+    details: bool = Field(False, description="Add each item's title, brand, price, in_stock and image_url (to render it); off, the answer stays lean.")
 
     @model_validator(mode="after")
     def _who(self) -> RecommendRequest:
@@ -112,6 +112,7 @@ class ItemOut(BaseModel):
     brand: str | None = Field(None, description="The catalogue's brand (with details; null when unknown).")
     price: float | None = Field(None, description="The catalogue's price (with details; null when unknown).")
     in_stock: bool | None = Field(None, description="In stock (with details).")
+    image_url: str | None = Field(None, description="The item's picture (with details; the items table's optional image_url column, null without one).")
 
 
 class _Served(BaseModel):
@@ -141,7 +142,7 @@ class RecommendResponse(_Served):
 class SimilarRequest(_Strict):
     item_id: Id = Field(..., examples=["i00010"])
     k: JsonInt = Field(10, ge=1, le=100)
-    details: bool = Field(False, description="Add each item's title, brand, price and in_stock (what a storefront renders); off, the answer stays lean.")
+    details: bool = Field(False, description="Add each item's title, brand, price, in_stock and image_url (to render it); off, the answer stays lean.")
 
 
 class SimilarResponse(_Served):
@@ -153,7 +154,7 @@ class ListRequest(_Strict):
     k: JsonInt = Field(10, ge=1, le=100)
     category: Id | None = Field(None, description="Only this category (full path or top level).")
     region: Id | None = Field(None, description="Trending among shoppers of this region (trending only).")
-    details: bool = Field(False, description="Add each item's title, brand, price and in_stock (what a storefront renders); off, the answer stays lean.")
+    details: bool = Field(False, description="Add each item's title, brand, price, in_stock and image_url (to render it); off, the answer stays lean.")
 
 
 class ListResponse(BaseModel):
