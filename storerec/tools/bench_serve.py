@@ -267,7 +267,7 @@ def serve_benchmark(
         raise UserError("make bench-serve needs wrk: apt-get install wrk (Debian/Ubuntu)")
     cfg = prepare_store(out / "serve-store", log)
     configs = CONFIGS if configs is None else configs
-    reqs = request_sets(cfg, "127.0.0.1", 0)  # bodies only: the Host header is not read by either server
+    reqs = request_sets(cfg, "127.0.0.1", 0)  # the same requests for every server (neither reads the Host header)
     baseline = Baseline(cfg, cfg.parent / "baseline.log", bodies(reqs["bare"])[0])
     rows: list[dict[str, Any]] = []
     loops: list[dict[str, Any]] = []
@@ -279,7 +279,6 @@ def serve_benchmark(
                 old.unlink()
             server = Server(cfg, conf.env, cfg.parent / "serve.log")
             try:
-                reqs = request_sets(cfg, "127.0.0.1", server.port)
                 result = ratio_rounds(baseline.port, server.port, reqs, connections=connections, duration=duration, repeats=repeats)
                 base_max.append(result["baseline"]["rps"])
                 for endpoint, r in result.items():

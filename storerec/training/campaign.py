@@ -225,7 +225,7 @@ def build_lists(
             context[uid] = Context(page="home")
             filters[uid] = Filters(include_categories=cats, max_price=round(cap_price * 1.2, 2) if cap_price else None)
             extra_reason[uid] = last_visit.get(uid)
-        since_buyers = _buyers_since(buys, last_visit, spec.min_buyers_since)
+        since_buyers = _buyers_since(buys)
     elif spec.kind == "points-expiring":
         for uid, points in points_expiring(events, items, profiles, as_of, expiry_days, points_per_unit).items():
             value = round(points["balance"] * spec.point_value, 2)
@@ -393,7 +393,7 @@ def new_arrival_matches(profiles: pl.DataFrame, items: pl.DataFrame, k: int, max
     return out
 
 
-def _buyers_since(buys: pl.DataFrame, last_visit: dict[str, datetime], min_buyers: int) -> Any:
+def _buyers_since(buys: pl.DataFrame) -> Any:
     """``f(item, since)``: distinct buyers of ``item`` after ``since`` (purchases sorted once)."""
     by_item: dict[str, list[tuple[datetime, str]]] = {}
     for user, item, ts in buys.sort(C.Timestamp).iter_rows():
