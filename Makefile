@@ -24,7 +24,7 @@ CAMPAIGN ?=
 
 .PHONY: help install lock run serve data features import-ml100k train tune evaluate promote models recommend-batch mlflow-ui \
         campaign campaign-report simulate-traffic ab-report replay export-events sync-events retrain bench-live \
-        lint test test-fast bench bench-offline bench-quality bench-ml100k bench-serve behaviour fuzz soak clean clean-data
+        lint test test-fast browser screenshots bench bench-offline bench-quality bench-ml100k bench-serve behaviour fuzz soak clean clean-data
 
 help:  ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-16s %s\n", $$1, $$2}'
@@ -112,11 +112,25 @@ lint: install  ## ruff, mypy and the import layering contract (docs/architecture
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 
-test: install  ## run the whole test suite on 2 workers (PYTEST_ARGS="-n 0": in one process; "-n 4": on 4)
+test: install browser  ## run the whole test suite on 2 workers (PYTEST_ARGS="-n 0": in one process; "-n 4": on 4)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: install  ## unit tests only (no slow or end-to-end tests), on 2 workers like `make test`
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slow and not e2e" $(PYTEST_ARGS)
+
+browser:  ## Debian's chromium (+ chromium-driver) for the explorer's browser tests; apt-get as root, else they skip saying why
+	@if command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium and chromium-driver for the browser tests (about a minute)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1 \
+	  || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1; } \
+	  || echo "chromium could not be installed: the browser tests will be skipped (pytest -ra names the reason)"; \
+	else echo "no chromium, and apt-get needs root here: the browser tests will be skipped (install Debian's chromium)"; fi
+
+screenshots: install browser  ## the README's explorer pictures (docs/img/explore-*.png), taken by the browser tests
+	@tmp=$$(mktemp -d) && STOREREC_SCREENSHOTS=$$tmp $(BIN)/python -m pytest -n 0 -q tests/test_explore.py \
+	  && mkdir -p docs/img && mv $$tmp/explore-*.png docs/img/ && rmdir $$tmp && ls docs/img/explore-*.png
 
 bench: install  ## every benchmark (ML-100K quality vs the libraries, simulator + profiles at 10M events, serving under load)
 	$(STOREREC) bench --suite all $(ARGS)

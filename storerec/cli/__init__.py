@@ -663,7 +663,8 @@ def serve(state: _State, host: str | None, port: int | None, model_ref: str | No
     })
     if state.config:
         env["STOREREC_CONFIG"] = str(Path(state.config).resolve())
-    click.echo(f"serving {name} version {version.version} ({ref}) on http://{host}:{port} (API page: /, OpenAPI: /docs.json)")
+    explorer = ", explorer: /explore" if serving.explorer else ""
+    click.echo(f"serving {name} version {version.version} ({ref}) on http://{host}:{port} (API page: /, OpenAPI: /docs.json{explorer})")
     if not settings.serving.admin_token:
         import secrets
 

@@ -292,6 +292,11 @@ class ServingSettings(ConfigModel):
         "instead of passing the body on through BentoML's router, context middleware and request parsing (which parse and "
         "validate it a second time). Same answers either way; off only to measure what it saves (make bench-serve).",
     )
+    explorer: bool = Field(
+        True,
+        description="The explorer pages at GET /explore (shopper, version comparison, experiments, item page; read-only, a reload "
+        "needs the admin token). On, each loaded version keeps its shoppers' profile columns for them.",
+    )
     control_url: str = Field(
         "sqlite:///eventlog/control.db",
         description="SQLAlchemy URL of the store the workers share to serve the same version (ephemeral runtime state; "

@@ -91,19 +91,29 @@ def two_proportions(x_c: int, n_c: int, x_t: int, n_t: int) -> Comparison:
     return Comparison("conversion", p_c, p_t, diff, (diff - Z95 * se, diff + Z95 * se), rel, rel_ci, float(p), "two-proportion z-test", {"z": z})
 
 
+def ratio_mean_var(num: np.ndarray, den: np.ndarray) -> tuple[float, float]:
+    """sum num / sum den over units, and the variance of that ratio (delta method, per unit)."""
+    n = len(num)
+    r = num.sum() / den.sum()
+    my = den.mean()
+    cov = np.cov(num, den, ddof=1) if n > 1 else np.zeros((2, 2))
+    var = (cov[0, 0] - 2 * r * cov[0, 1] + r * r * cov[1, 1]) / (n * my * my)
+    return float(r), float(max(var, 0.0))
+
+
+def wilson_ci(x: int, n: int) -> tuple[float, float]:
+    """Wilson 95 % interval of the proportion x / n (nan, nan for n = 0)."""
+    if n == 0:
+        return math.nan, math.nan
+    ci = stats.binomtest(x, n).proportion_ci(0.95, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
 def ratio_of_sums(num_c: np.ndarray, den_c: np.ndarray, num_t: np.ndarray, den_t: np.ndarray) -> Comparison:
     """z-test for a ratio metric (sum num / sum den) with per-unit delta-method variances."""
 
-    def mean_var(num: np.ndarray, den: np.ndarray) -> tuple[float, float]:
-        n = len(num)
-        r = num.sum() / den.sum()
-        my = den.mean()
-        cov = np.cov(num, den, ddof=1) if n > 1 else np.zeros((2, 2))
-        var = (cov[0, 0] - 2 * r * cov[0, 1] + r * r * cov[1, 1]) / (n * my * my)
-        return float(r), float(max(var, 0.0))
-
-    r_c, v_c = mean_var(num_c, den_c)
-    r_t, v_t = mean_var(num_t, den_t)
+    r_c, v_c = ratio_mean_var(num_c, den_c)
+    r_t, v_t = ratio_mean_var(num_t, den_t)
     diff = r_t - r_c
     se = math.sqrt(v_c + v_t)
     z = diff / se if se > 0 else 0.0
@@ -159,12 +169,16 @@ def analyze(units: pl.DataFrame, shares: dict[str, float], control: str, *, boot
         a = {c: sub[c].to_numpy().astype(np.float64) for c in ("lists", "clicked_lists", "clicks", "purchases", "revenue")}
         arrays[name] = a
         n = sub.height
+        ctr_rate, ctr_var = ratio_mean_var(a["clicked_lists"], a["lists"]) if n else (math.nan, math.nan)
+        converted = int((a["purchases"] > 0).sum())
         variants[name] = {
             "users": n,
             "impressions": int(a["lists"].sum()),
             "clicks": int(a["clicks"].sum()),
-            "ctr": float(a["clicked_lists"].sum() / a["lists"].sum()) if n else math.nan,
-            "conversion": float((a["purchases"] > 0).mean()) if n else math.nan,
+            "ctr": ctr_rate,
+            "ctr_ci": (ctr_rate - Z95 * math.sqrt(ctr_var), ctr_rate + Z95 * math.sqrt(ctr_var)) if n > 1 else (math.nan, math.nan),
+            "conversion": converted / n if n else math.nan,
+            "conversion_ci": wilson_ci(converted, n),
             "revenue_per_user": float(a["revenue"].mean()) if n else math.nan,
             "share_configured": shares[name],
         }

@@ -34,6 +34,15 @@ class Loaded:
     model_name: str
     version: str
     as_of: datetime | None = None  # the serving snapshot's as-of time (None: no snapshot); the live overlay starts there
+    profiles: pl.DataFrame | None = None  # the profile columns the explorer shows (PROFILE_COLUMNS; None: explorer off or no profiles)
+
+
+# What the explorer (serving/explore.py) shows of a shopper's profile, kept with the version when serving.explorer is on
+PROFILE_COLUMNS = (
+    "user_id", "segment", "tier", "next_tier", "spend_to_next_tier", "cumulative_spend", "points_balance", "points_expiring_30d",
+    "recency_days", "frequency", "monetary", "aov", "r_score", "f_score", "m_score", "rfm_score", "last_purchase_at",
+    "top_categories", "top_brands", "price_band", "price_percentile", "region", "repurchase_rate", "avg_order_interval_days",
+)
 
 
 BAKED_INFO = "bento-version.json"  # in serving.model_dir: which version it holds (written by `storerec build --include-model`)
@@ -158,7 +167,10 @@ def _build(settings: Settings, model: ModelBase, items: pl.DataFrame, snap: Snap
         log.info("%d forgotten user(s) in version %s are served as unknown users", len(forgotten), version)
     ranker = Ranker(model, items, profiles, events, context_weight=settings.serving.context_weight, forgotten=forgotten,
                     neighbours=snap.neighbours if snap is not None else None)
-    return Loaded(ranker, model.name, version, _as_of(snap))
+    shown = None
+    if settings.serving.explorer and profiles is not None:
+        shown = profiles.select([c for c in PROFILE_COLUMNS if c in profiles.columns])
+    return Loaded(ranker, model.name, version, _as_of(snap), shown)
 
 
 def _as_of(snap: Snapshot | None) -> datetime | None:

@@ -44,6 +44,7 @@ import orjson
 from fastapi import FastAPI
 from pydantic import BaseModel
 from pydantic_core import to_json
+from starlette.requests import Request
 from starlette.responses import Response
 
 from storerec.core.errors import NotFoundError, UserError
@@ -62,6 +63,7 @@ from storerec.features.forget import forgotten_hashes
 from storerec.models.base import top_k_row
 from storerec.ranking.ranker import Context, Diversity, Filters, RankedItem, Ranker, RankingInputError, RankResult
 from storerec.serving.control import ControlStore, ModelSync, service_key
+from storerec.serving.explore import Explorer
 from storerec.serving.freqcap import FrequencyCap
 from storerec.serving.http import ROUTES, Gate, GateConfig, error_response, openapi_json
 from storerec.serving.launch import SERVICE_NAME
@@ -76,7 +78,7 @@ from storerec.serving.schemas import (
     SimilarRequest,
     TrackRequest,
 )
-from storerec.serving.state import Loaded, ServingState, baked_version, load_state
+from storerec.serving.state import Loaded, Ranked, ServingState, baked_version, load_state
 from storerec.serving.traffic import install as install_traffic_fixes
 from storerec.serving.watchdog import watch_parent
 
@@ -209,6 +211,7 @@ class StoreRec:
         self.live_tail: LiveTail | None = None
         self.live = self._rebuild_live()
         self._request_users: OrderedDict[str, str] = OrderedDict()  # recent request_id -> user_id
+        self.explorer = Explorer(self) if self.settings.serving.explorer else None  # GET /explore (serving/explore.py)
         self.sync.start()
         _freeze_heap()
 
@@ -278,6 +281,13 @@ class StoreRec:
     async def experiments(self) -> Response:
         """Experiments from the experiments file, their status and variants."""
         return _json({"experiments": self.state.experiment_status()})
+
+    @status_app.api_route("/explore{rest:path}", methods=["GET", "POST"], include_in_schema=False)
+    async def explore(self, request: Request) -> Response:
+        """The explorer's pages (serving/explore.py)."""
+        if self.explorer is None:
+            return error_response(404, "the explorer is off on this service (serving.explorer = false)", code="explorer_off")
+        return await self.explorer.handle(request)
 
     def __is_ready__(self) -> bool:
         """BentoML's own ``/readyz`` (``HEAD /readyz``; the gate sends ``GET`` to :meth:`readyz`)."""
@@ -417,19 +427,47 @@ class StoreRec:
         return await self._recommend(RecommendRequest.model_construct(**kw))  # validated by BentoML against the input spec
 
     async def _recommend(self, req: RecommendRequest) -> Response:
-        state = self._current()
         now = now_utc()
-        profile = state.default.ranker.profiles.get(req.user_id) if req.user_id else None
-        a = assign(state.experiments, set(state.disabled), user_id=req.user_id, session_id=req.session_id, profile=profile, now=now)
-        loaded = state.by_ref[a.config.model] if a.config is not None else state.default
+        ranked = self.rank_request(req, now)
+        if isinstance(ranked, Response):
+            return ranked
+        request_id = _request_id()
+        self._log_list(request_id, now, ranked.loaded, ranked.result.items, page=req.context.page, user_id=req.user_id,
+                       session_id=req.session_id, experiment=ranked.experiment, variant=ranked.variant)
+        return _json({
+            "request_id": request_id,
+            "model": ranked.loaded.model_name,
+            "model_version": ranked.loaded.version,
+            "experiment": ranked.experiment,
+            "variant": ranked.variant,
+            "user_kind": ranked.result.user_kind,
+            "source": ranked.result.source,
+            "live_context": ranked.live_context,
+            "live_excluded": ranked.live_excluded,
+            "items": _items(ranked.result.items, ranked.loaded.ranker if req.details else None),
+        })
+
+    def rank_request(self, req: RecommendRequest, now: datetime, loaded: Loaded | None = None) -> Ranked | Response:
+        """The list ``req`` gets now: its experiment variant's version (or ``loaded``, which skips
+        the assignment: the explorer's comparison of two versions), the variant's and the
+        settings' diversity, the frequency cap's held-back items and the live overlay applied;
+        or the 404 answer. Nothing is logged (the explorer shows lists without serving them)."""
+        state = self._current()
+        experiment = variant = None
+        config = None
+        if loaded is None:
+            profile = state.default.ranker.profiles.get(req.user_id) if req.user_id else None
+            a = assign(state.experiments, set(state.disabled), user_id=req.user_id, session_id=req.session_id, profile=profile, now=now)
+            loaded = state.by_ref[a.config.model] if a.config is not None else state.default
+            experiment, variant, config = a.experiment, a.variant, a.config
         strength = req.diversity.strength
-        if strength is None and a.config is not None:
-            strength = a.config.diversity_strength
+        if strength is None and config is not None:
+            strength = config.diversity_strength
         if strength is None:
             strength = self.settings.serving.diversity_strength
         cap = req.diversity.max_per_category
-        if cap is None and a.config is not None:
-            cap = a.config.max_per_category
+        if cap is None and config is not None:
+            cap = config.max_per_category
         exclude = list(req.filters.exclude_item_ids)
         if self.freqcap is not None and req.user_id:
             exclude += self.freqcap.held_back(req.user_id, now)
@@ -469,21 +507,7 @@ class StoreRec:
             )
         except RankingInputError as exc:
             return error_response(404, str(exc), field=exc.field)
-        request_id = _request_id()
-        self._log_list(request_id, now, loaded, result.items, page=req.context.page, user_id=req.user_id,
-                       session_id=req.session_id, experiment=a.experiment, variant=a.variant)
-        return _json({
-            "request_id": request_id,
-            "model": loaded.model_name,
-            "model_version": loaded.version,
-            "experiment": a.experiment,
-            "variant": a.variant,
-            "user_kind": result.user_kind,
-            "source": result.source,
-            "live_context": len(session),
-            "live_excluded": n_excluded,
-            "items": _items(result.items, loaded.ranker if req.details else None),
-        })
+        return Ranked(loaded, result, experiment, variant, strength, cap, len(session), n_excluded)
 
     def _live_view(self, req: RecommendRequest, now: datetime) -> LiveView:
         """What the shopper's tracked events change (their user id's and their session's)."""
@@ -649,13 +673,19 @@ class StoreRec:
         # Load here first (a failure changes nothing), publish the new generation, swap, then
         # wait until every live worker serves it (serving/control.py).
         req = ReloadRequest.model_construct(**kw)  # validated by BentoML against the input spec
-        ref = req.model or self.settings.serving.model
+        status, body = self.reload_model(req.model or self.settings.serving.model)
+        return error_response(status, body["error"], field="model") if status != 200 else _json(body)
+
+    def reload_model(self, ref: str) -> tuple[int, dict[str, Any]]:
+        """Load ``ref`` here, publish it to the other workers and wait for them (``POST
+        /admin/reload`` and the explorer's reload form): ``(200, ReloadResponse fields)``, or
+        ``(404 | 409, {"error": ...})`` with the old version still served everywhere."""
         try:
             new, previous, generation = self.sync.reload(ref)
         except UserError as exc:
             current = self._current().default.version
             code = 404 if isinstance(exc, NotFoundError) else 409  # unknown version / exists but cannot be loaded
-            return error_response(code, f"reload failed, still serving version {current}: {exc}", field="model")
+            return code, {"error": f"reload failed, still serving version {current}: {exc}"}
         workers: list[dict[str, Any]]
         lagging: list[str]
         if generation is None:  # control store unavailable: only this worker changed
@@ -664,10 +694,10 @@ class StoreRec:
             complete, workers, lagging = self.sync.wait_for(generation, self.settings.serving.reload_wait_s)
         log.info("reloaded: version %s -> %s (%s, generation %s, %s)", previous, new.default.version, ref, generation,
                  "every worker" if complete else f"not on {lagging or 'the other workers'}")
-        return _json(ReloadResponse(
+        return 200, ReloadResponse(
             model=new.default.model_name, model_version=new.default.version, previous_version=previous or "", follows=ref,
             generation=generation, complete=complete, workers=workers, lagging=lagging, sync_error=self.control.error,
-        ))
+        ).model_dump()
 
 
 # Each worker's gate reads its configuration from the worker's service instance (at the first

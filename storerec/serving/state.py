@@ -10,6 +10,7 @@ from typing import Any
 from storerec.core.errors import UserError
 from storerec.core.settings import Settings
 from storerec.events.experiments import ExperimentConfig, load_experiments
+from storerec.ranking.ranker import RankResult
 from storerec.registry.loading import BAKED_INFO, Loaded, _build, baked_info, baked_version, load  # noqa: F401  (the service's names)
 
 log = logging.getLogger("storerec.serving")
@@ -52,6 +53,22 @@ class ServingState:
                 }
             )
         return out
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One shopper's list as the service ranks it (``StoreRec.rank_request``): the version that
+    ranked it, the experiment and variant that chose it, the diversity in force and what the
+    live overlay added (items of the current session as context) or left out."""
+
+    loaded: Loaded
+    result: RankResult
+    experiment: str | None
+    variant: str | None
+    strength: float
+    cap: int | None
+    live_context: int
+    live_excluded: int
 
 
 def load_state(settings: Settings, ref: str | None = None) -> ServingState:

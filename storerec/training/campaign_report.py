@@ -51,7 +51,7 @@ from storerec.core.errors import UserError
 from storerec.core.schema import Columns as C
 from storerec.core.schema import EventTypes
 from storerec.core.tables import markdown_table
-from storerec.evaluation.ab import Comparison, srm, two_proportions, welch
+from storerec.evaluation.ab import Comparison, srm, two_proportions, welch, wilson_ci
 from storerec.features import io
 
 DEFAULT_WINDOW_DAYS = 14.0
@@ -76,13 +76,12 @@ def _group(sub: pl.DataFrame) -> dict[str, Any]:
     if n == 0:
         return out | {"conversion": math.nan, "conversion_ci": (math.nan, math.nan), "revenue_per_member": math.nan,
                       "revenue_per_member_ci": (math.nan, math.nan)}
-    ci = stats.binomtest(x, n).proportion_ci(0.95, method="wilson")
     mean = float(rev.mean())
     if n > 1:
         half = float(stats.t.ppf(0.975, n - 1)) * float(rev.std(ddof=1)) / math.sqrt(n)
     else:
         half = math.nan
-    return out | {"conversion": x / n, "conversion_ci": (float(ci.low), float(ci.high)), "revenue_per_member": mean,
+    return out | {"conversion": x / n, "conversion_ci": wilson_ci(x, n), "revenue_per_member": mean,
                   "revenue_per_member_ci": (mean - half, mean + half)}
 
 
