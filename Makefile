@@ -8,7 +8,9 @@ STOREREC := $(BIN)/storerec
 STAMP := $(VENV)/.installed
 ARGS ?=
 MODEL ?= als
-TRIALS ?= 30
+TRIALS ?=
+PORT ?=
+SERVE_ARGS ?=
 VERSION ?=
 ALIAS ?= champion
 USERS ?=
@@ -34,18 +36,20 @@ install: $(STAMP)  ## create .venv and install pinned dependencies + storerec (n
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "storerec needs Python 3.11; set PYTHON=/path/to/python3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	@echo "installing $$(grep -cvE '^(#|$$)' requirements.lock) pinned packages into $(VENV) (about 4.5 min the first time on 2 cores; pip lists each one)"
+	set -o pipefail; $(BIN)/python -m pip install --disable-pip-version-check --progress-bar off -r requirements.lock \
+	  | { grep -vE '^(Requirement already satisfied|  )' || true; }
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 lock:  ## rewrite requirements.lock from what .venv holds now (after a deliberate upgrade)
 	{ echo '# Exact versions tested on Python 3.11 / linux x86_64. Regenerate with: make lock'; $(BIN)/python -m pip freeze --exclude-editable --all | grep -vE '^(storerec|pip)=='; } > requirements.lock.new && mv requirements.lock.new requirements.lock
 
-run: install  ## the whole chain on the built-in store: simulate -> features -> train -> evaluate -> register -> champion -> serve
-	$(STOREREC) run $(ARGS) && $(STOREREC) serve
+run: install  ## the whole chain on the built-in store, then serve it: make run [PORT=3001] [ARGS='for storerec run'] [SERVE_ARGS='for storerec serve']
+	$(STOREREC) run $(ARGS) && $(STOREREC) serve $(if $(PORT),--port $(PORT)) $(SERVE_ARGS)
 
-serve: install  ## start the HTTP service on the champion (http://127.0.0.1:3000, API page at /, OpenAPI at /docs.json)
-	$(STOREREC) serve $(ARGS)
+serve: install  ## start the HTTP service on the champion (http://127.0.0.1:3000: API page at /docs, explorer at /explore) [PORT=3001]
+	$(STOREREC) serve $(if $(PORT),--port $(PORT)) $(ARGS)
 
 data: install  ## simulate the built-in storefront into ./data
 	$(STOREREC) simulate $(ARGS)
@@ -59,8 +63,8 @@ import-ml100k: install  ## (re-)import MovieLens-100K from ../shared/data/ml-100
 train: install  ## train, evaluate, log and register one model: make train MODEL=als [ARGS='--param factors=128']
 	$(STOREREC) train --model $(MODEL) $(ARGS)
 
-tune: install  ## coordinate search, selected on an inner split of the train window, reported once on the validation window: make tune MODEL=als [TRIALS=30]
-	$(STOREREC) tune --model $(MODEL) --trials $(TRIALS) $(ARGS)
+tune: install  ## coordinate search, selected on an inner split of the train window, reported once on the validation window: make tune MODEL=als [TRIALS=N, default the CLI's]
+	$(STOREREC) tune --model $(MODEL) $(if $(TRIALS),--trials $(TRIALS)) $(ARGS)
 
 evaluate: install  ## compare models on one split, raw and through the serving pipeline; report with charts in reports/ (ARGS="--models als,ease")
 	$(STOREREC) evaluate --pipeline $(ARGS)
@@ -159,5 +163,5 @@ soak: install  ## 10 min at concurrency 16, a reload every 30 s, a 40 s event-lo
 clean:  ## remove caches (keeps .venv and data)
 	rm -rf .pytest_cache build *.egg-info
 
-clean-data:  ## remove generated data, profiles and MLflow store
-	rm -rf data mlruns reports eventlog
+clean-data:  ## remove generated and imported data (data, data-*), profiles, the MLflow store, reports, the event log and its exports
+	rm -rf data data-*/ mlruns reports eventlog logged-events.parquet

@@ -142,7 +142,22 @@ def _untracked() -> set[str] | None:
     return {
         line[3:] for line in out.stdout.splitlines()
         if line.startswith("??") and ".pytest_cache/" not in line and "__pycache__/" not in line
-    }
+    } | _outputs()
+
+
+OUTPUT_DIRS = ("reports", "data", "mlruns", "eventlog", "bench-out")  # ignored by git: what the chain and benchmarks write
+
+
+def _outputs() -> set[str]:
+    """Entries two levels deep in the repository's ignored output folders (``reports/evaluation-*``,
+    ``data-*/...``): git does not list them, and a test must not write there either."""
+    found: set[str] = set()
+    for top in _REPO.iterdir():
+        if top.is_dir() and (top.name in OUTPUT_DIRS or top.name.startswith("data-")):
+            found.add(f"{top.name}/")
+            for entry in top.iterdir():
+                found.add(f"{top.name}/{entry.name}")
+    return found
 
 
 def _ancestors() -> set[int]:
@@ -203,6 +218,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     lock = _lock(private)  # held while this session runs: no other session prunes the folder
     os.environ["TMPDIR"] = str(private)
     tempfile.tempdir = None  # re-read TMPDIR: this process, its children and pytest's basetemp use it
+    # BentoML's home (Bentos built by the tests, each served port's metrics folder, which a killed
+    # server leaves behind) goes with the session's folder, not into ~/bentoml
+    os.environ["BENTOML_HOME"] = str(private / "bentoml")
     _session.update(marker=marker, tmp=private, lock=lock, untracked=_untracked())
 
 

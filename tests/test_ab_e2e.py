@@ -8,6 +8,7 @@ acknowledged events surviving a hard kill of the service."""
 
 from __future__ import annotations
 
+import re
 import signal
 from pathlib import Path
 
@@ -218,6 +219,10 @@ def test_good_model_beats_weak_model(env) -> None:
         assert comps[metric]["p_value"] < 0.05 and comps[metric]["diff_ci"][0] > 0, comps[metric]
     assert not res["srm"]["flagged"]
     assert (env["root"] / "report-ab" / "report.html").exists() and (env["root"] / "report-ab" / "ab.png").exists()
+    page = (env["root"] / "report-ab" / "report.html").read_text()
+    assert "`" not in page and "**" not in page, "the HTML report shows Markdown marks"  # they became <code> and <strong>
+    assert "<code>" in page
+    assert re.search(r"<td><strong>[\d.e-]+</strong></td>", page), "significant p-values are bold"
     # the report's run is in the A/B report experiment, apart from training's
     from storerec.registry import tracking
 

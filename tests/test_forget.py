@@ -37,6 +37,11 @@ def test_forget_removes_the_user_everywhere_in_the_data_folder(store: Path, tmp_
     )
     before = {name: pl.read_parquet(data / name) for name in ("events.parquet", "users.parquet", "profiles/users.parquet", "truth/user_tastes.parquet")}
     assert all(gone in df["user_id"].to_list() for df in before.values())
+    from storerec.training.fitcache import cache_dir
+
+    cached_fit = cache_dir(data) / "als-0123" / "model.npz"  # evaluate's cached fits hold every user's id
+    cached_fit.parent.mkdir(parents=True)
+    cached_fit.write_bytes(gone.encode())
 
     assert main(["-q", "forget-user", gone, "--data-dir", str(data), "--no-eventlog"]) == 0
     out = capsys.readouterr().out
@@ -51,6 +56,7 @@ def test_forget_removes_the_user_everywhere_in_the_data_folder(store: Path, tmp_
     assert gone not in q and kept in q
     assert forgotten_hashes(data) == {user_hash(gone)}
     assert gone not in (data / "forgotten.parquet").read_bytes().decode("latin-1")  # hashed, never in clear
+    assert not cache_dir(data).exists() and "cached fits" in out
 
     # Again: nothing left to remove, nothing new recorded.
     assert main(["-q", "forget-user", gone, "--data-dir", str(data), "--no-eventlog"]) == 0

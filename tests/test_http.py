@@ -411,6 +411,9 @@ def test_app_spec_is_the_one_enforced_and_other_methods_get_405(app) -> None:
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     assert r.json() == json.loads(json.dumps(openapi_spec()))
     assert app.get("/").status_code == 200  # BentoML's page showing it
+    docs = app.get("/docs", follow_redirects=False)  # where the README and `storerec serve` send people
+    assert docs.status_code == 307 and docs.headers["location"] == "/"
+    assert app.get("/docs").text == app.get("/").text  # followed: the API page
     assert_error(app.get("/recommend"), 405)
     for path in ("/readyz", "/experiments", "/docs.json", "/healthz"):
         r = app.post(path, json={})

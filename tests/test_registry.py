@@ -144,7 +144,8 @@ def test_one_registered_model_per_data_folder(stores, capsys) -> None:
     cfg, shop, movies = stores["cfg"], stores["shop"], stores["movies"]
     assert run(stores, "-q", "train", "--model", "popularity") == 0
     assert run(stores, "-q", "train", "--model", "popularity", "--data-dir", str(movies)) == 0
-    assert "registered as version 1" in capsys.readouterr().out.splitlines()[-1]  # its own numbering
+    last = capsys.readouterr().out.splitlines()[-2:]  # the summary of the second train, then its verdict
+    assert "registered as version 1" in last[0] and "no champion yet" in last[1]  # its own numbering, its own champion
     client = tracking.configure(load_settings(cfg, environ={}).mlflow)
     v = client.get_model_version("storerec-shop", "1")
     assert v.tags["data_dir"] == str(shop.resolve()) and v.tags["data_folder"] == "shop" and len(v.tags["data_fingerprint"]) == 16

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -175,6 +176,34 @@ def test_the_process_options_reach_bentoml(svc) -> None:
         time.sleep(0.2)
 
 
+def test_metrics_are_this_services_own(svc) -> None:
+    """Another BentoML server starting on the machine empties BentoML's shared metrics folder;
+    this service keeps its counters in a folder of its own (serving/arbiter.py)."""
+    import re
+    import subprocess
+    import sys
+
+    from storerec.serving.arbiter import prometheus_dir
+
+    c = svc["client"]
+
+    def served() -> float:
+        text = c.get("/metrics").text
+        return sum(float(m) for m in re.findall(r'^bentoml_service_request_total\{[^}]*endpoint="/recommend"[^}]*\} ([\d.e+]+)$', text, re.M))
+
+    for _ in range(3):
+        assert c.post("/recommend", json={"user_id": "u00001", "k": 3}).status_code == 200
+    before = served()
+    assert before >= 3
+    folder = prometheus_dir("127.0.0.1", svc["port"])
+    assert folder.is_dir() and any(folder.glob("*.db")), f"no metrics files in {folder}"
+    wiped = subprocess.run([sys.executable, "-c", "from bentoml.serving import ensure_prometheus_dir; print(ensure_prometheus_dir())"],
+                           capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    assert Path(wiped) != folder  # what another `bentoml serve` empties at its start
+    assert c.post("/recommend", json={"user_id": "u00001", "k": 3}).status_code == 200
+    assert served() >= before + 1, "the counters were lost when another BentoML server started"
+
+
 def test_a_hard_kill_of_the_arbiter_takes_the_workers_down(svc) -> None:
     """SIGKILL of `storerec serve` alone (not its process group): the workers notice and exit;
     the port is free for the next start."""
@@ -195,3 +224,7 @@ def test_a_hard_kill_of_the_arbiter_takes_the_workers_down(svc) -> None:
     with socket.socket() as s:  # the port is free for the next start (no "Address already in use")
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does; a listener still refuses it
         s.bind(("127.0.0.1", svc["port"]))
+    from storerec.serving.arbiter import prometheus_dir
+
+    folder = prometheus_dir("127.0.0.1", svc["port"])  # a killed server leaves its metrics folder (the next start empties it)
+    shutil.rmtree(folder, ignore_errors=True)

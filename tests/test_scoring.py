@@ -70,7 +70,9 @@ def test_factor_top_k_equals_brute_force(kind: str) -> None:
             if len(rows) == 1:
                 want = (want[0][:1], want[1][:1])
             assert np.array_equal(got[0], want[0]) and got[0].dtype == want[0].dtype, (kind, k, rows)
-            assert np.array_equal(got[1], want[1]) and got[1].dtype == want[1].dtype, (kind, k, rows)
+            # the same scores up to float32 rounding: BLAS sums a chunk's products in another order than the whole
+            # matrix's on some CPUs (seen here: 3543.3174 against 3543.3179 on an AMD EPYC)
+            assert np.allclose(got[1], want[1], rtol=2e-6, atol=0) and got[1].dtype == want[1].dtype, (kind, k, rows)
             pruned_somewhere |= stats["cells"] < len(rows) * n_items
             tied_somewhere |= stats["tied"] > 0
     assert pruned_somewhere or kind in ("zeros", "negative")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from datetime import UTC
 from pathlib import Path
 
@@ -294,6 +295,44 @@ def test_context_shifts_the_list_at_once(svc, data) -> None:
     assert sum(i["category"] == target_cat for i in after["items"]) >= 3
 
 
+def _readme_examples() -> list[tuple[str, dict, str]]:
+    """(path, body, shown JSON) of each ``curl -X POST`` example in the README followed by its output."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    out = []
+    for m in re.finditer(r"```bash\n(curl -s -X POST localhost:3000(/\w+).*?)```\s*```json\n(.*?)```", text, flags=re.S):
+        body = re.search(r"-d '(.*?)'", m.group(1), flags=re.S)
+        assert body, m.group(1)
+        out.append((m.group(2), json.loads(body.group(1)), m.group(3)))
+    return out
+
+
+def _shape(value):
+    """The keys of a JSON value, recursively (lists by their first element)."""
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items() if k != "evidence"}  # evidence fields differ per reason
+    if isinstance(value, list):
+        return [_shape(value[0])] if value else []
+    return type(value).__name__ if value is not None else None
+
+
+def test_the_readmes_examples_answer_as_shown(svc) -> None:
+    """#19 item 7: each curl example of the README, sent to the service: errors word for word,
+    lists in the same shape (every field shown, none missing)."""
+    examples = _readme_examples()
+    assert len(examples) >= 3
+    for path, body, shown in examples:
+        got = post(svc, path, body).json()
+        want = json.loads(shown)
+        if "error" in want:
+            assert got == want, (path, body)
+        else:
+            assert set(got) == set(want), (path, sorted(set(got) ^ set(want)))
+            assert _shape(got["items"][0]) == _shape(want["items"][0]), path
+            assert len(got["items"]) == len(want["items"]) == body["k"], path
+
+
 def test_similar_trending_new_arrivals(svc, data) -> None:
     anchor = data["items"].sort("pop_30d", descending=True)["item_id"][0]
     body = post(svc, "/similar_items", {"item_id": anchor, "k": 5}).json()
@@ -306,6 +345,20 @@ def test_similar_trending_new_arrivals(svc, data) -> None:
     new = set(data["items"].filter(pl.col("is_new"))["item_id"])
     arrivals = post(svc, "/new_arrivals", {"k": 10}).json()["items"]
     assert len(arrivals) == 10 and {i["item_id"] for i in arrivals} <= new
+
+
+def test_trending_regions_are_checked_like_categories(svc, data) -> None:
+    """A known region gets its shoppers' list; an unknown or wrongly-cased one is 404 naming the
+    known ones (as an unknown category is), never everyone's list in silence."""
+    regions = sorted(data["profiles"]["region"].drop_nulls().unique().to_list())
+    region = regions[0]
+    ok = post(svc, "/trending", {"k": 5, "region": region})
+    assert ok.status_code == 200 and ok.json()["items"]
+    for bad, hint in ((region.swapcase(), f"did you mean {region!r}"), ("Atlantis", "known: ")):
+        r = post(svc, "/trending", {"k": 5, "region": bad})
+        assert r.status_code == 404 and r.json()["field"] == "region", r.text
+        assert hint in r.json()["error"] and all(x in r.json()["error"] for x in regions)
+    assert post(svc, "/trending", {"k": 5, "category": "Nope"}).status_code == 404
 
 
 @pytest.mark.parametrize(

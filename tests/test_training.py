@@ -61,6 +61,7 @@ def test_train_logs_a_run_and_registers_a_self_contained_version(env, capsys, tm
     assert run(env, "train", "--model", "als", "--param", "factors=16", "--param", "interactions.recency_half_life=30") == 0
     out = capsys.readouterr().out
     assert "als: ndcg@10=" in out and "registered as version" in out
+    assert "no champion yet: serve this version with `make promote VERSION=1`" in out
     c = client(env)
     version = c.get_model_version(NAME, "1")
     r = c.get_run(version.run_id)
@@ -176,6 +177,32 @@ def test_recommend_batch_for_everyone_as_csv(env, capsys, tmp_path) -> None:
     assert "--users" not in line and "--out recs.csv" in line
 
 
+def test_train_says_whether_the_new_version_beats_the_champion(env) -> None:
+    """After a train: better or not than the champion on NDCG@k (only on the same data and split),
+    and the command that promotes it."""
+    from storerec.training.train import TrainSummary, against_champion
+
+    settings = load_settings(env["cfg"], environ={})
+    tracking.configure(settings.mlflow)
+    c = client(env)
+    champion = c.get_run(c.get_model_version_by_alias(NAME, "champion").run_id)  # popularity, version 2 (test_promote_and_models)
+    als = c.get_run(c.get_model_version(NAME, "1").run_id)
+
+    def summary(run, version: str) -> TrainSummary:
+        return TrainSummary(run.data.params["model"], run.info.run_id, version, {"ndcg@10": run.data.metrics["ndcg_at_10"]}, {},
+                            params=dict(run.data.params))
+
+    fingerprint = als.data.tags["data_fingerprint"]
+    line = against_champion(settings, summary(als, "1"), fingerprint)
+    better = als.data.metrics["ndcg_at_10"] > champion.data.metrics["ndcg_at_10"]
+    assert line.startswith("beats the champion" if better else "does not beat the champion"), line
+    assert "same split" in line and "`make promote VERSION=1`" in line
+    assert f"{als.data.metrics['ndcg_at_10']:.4f} against {champion.data.metrics['ndcg_at_10']:.4f}" in line
+    other = against_champion(settings, summary(als, "1"), "0" * 16)
+    assert "evaluated on other data" in other and "make replay A=champion B=1" in other
+    assert against_champion(settings, summary(champion, "2"), fingerprint) == "this version is the champion"
+
+
 def test_tune_selects_on_the_inner_window_and_reports_the_outer_once(env, capsys) -> None:
     """#15 item 5: trials are scored on an inner split of the train window (selection); the
     chosen setting is fitted on the whole train window and reported once on the outer validation
@@ -243,6 +270,10 @@ def test_bad_input_is_a_clear_error_and_registers_nothing(env, capsys) -> None:
     before = len(client(env).search_model_versions(f"name='{NAME}'"))
     assert run(env, "train", "--model", "nosuch") == 2
     assert "nosuch" in capsys.readouterr().err
+    # refused before any data is read: even a data folder that does not exist is not looked at
+    assert run(env, "train", "--model", "nosuch", "--data-dir", str(tmp_path_missing := env["root"] / "no-such-folder")) == 2
+    err = capsys.readouterr().err
+    assert "'nosuch' is not one of" in err and str(tmp_path_missing) not in err
     assert run(env, "train", "--model", "als", "--param", "factors=-3") == 2
     assert "factors" in capsys.readouterr().err
     assert run(env, "train", "--model", "als", "--param", "factors") == 2
@@ -279,6 +310,16 @@ def test_run_chain_promotes_the_best(env, capsys) -> None:
         assert "cannot separate" in line and "training.model_prior" in line, line
         prior = ["als", "ease", "lightfm", "itemknn", "bpr", "popularity"]
         assert prior.index(model(champ)) < prior.index(model(chall)), line
+    # #19 item 5: again on the same data, parameters and code: no new version (the search may choose other parameters, then one is new)
+    before = {str(v.version) for v in c.search_model_versions(f"name='{NAME}'")}
+    assert run(env, "run") == 0
+    out = capsys.readouterr().out
+    after = {str(v.version) for v in c.search_model_versions(f"name='{NAME}'")}
+    again = c.search_runs([train_exp], "tags.reused_version != ''")
+    assert len(after - before) + len(again) >= 2, "each model either reused a version or registered a new one"
+    for r in again:
+        assert r.data.tags["reused_version"] in before and r.data.params["model"] in ("popularity", "als")
+    assert any(r.data.params["model"] == "popularity" for r in again), "popularity has no parameters to search: it is reused"
 
 
 def test_a_tie_is_decided_on_older_windows_pooled(env) -> None:

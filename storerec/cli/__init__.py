@@ -22,6 +22,7 @@ import click
 
 from storerec import __version__
 from storerec.core.errors import UserError
+from storerec.models.registry import MODEL_CLASSES
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -276,8 +277,8 @@ def retrain(state: _State, data_dir: Path | None) -> None:
         raise SystemExit(outcome.exit_code)
 
 
-model_option = click.option(
-    "--model", "model", required=True, help="Model: popularity, itemknn, als, bpr, lightfm, ease."
+model_option = click.option(  # checked before anything is loaded (storerec.models.registry names them)
+    "--model", "model", required=True, type=click.Choice(list(MODEL_CLASSES)), help="The model to fit."
 )
 param_option = click.option(
     "--param",
@@ -392,7 +393,7 @@ def models_cmd(state: _State, containing_forgotten: bool, data_dir: Path | None)
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--models", "model_names", default=None, help="Comma-separated models to fit on one split and compare (default: training.run_models).")
 @click.option("--runs", default=None, help="Comma-separated MLflow run ids to compare instead (must share a split).")
-@click.option("--out", type=FOLDER, default=None, help="Report folder (default: reports/evaluation-<time>).")
+@click.option("--out", type=FOLDER, default=None, help="Report folder (default: reports/evaluation-<time> beside the data folder).")
 @click.option(
     "--pipeline/--no-pipeline",
     default=False,
@@ -400,13 +401,19 @@ def models_cmd(state: _State, containing_forgotten: bool, data_dir: Path | None)
     help="Also evaluate each model through the serving pipeline (filters, extra candidates, MMR diversity), "
     "with and without diversity: shows what diversity costs in NDCG and gains in coverage and intra-list diversity.",
 )
+@click.option("--no-cache", is_flag=True, help="Fit every model again instead of reusing the fits kept in <data-dir>/cache/fits/ "
+              "(reused only when the data, split and parameters are the same).")
 @data_dir_option
 @click.pass_obj
 def evaluate(
-    state: _State, model_names: str | None, runs: str | None, out: Path | None, pipeline: bool, data_dir: Path | None
+    state: _State, model_names: str | None, runs: str | None, out: Path | None, pipeline: bool, no_cache: bool, data_dir: Path | None
 ) -> None:
     """Compare models or runs on the same split; writes a Markdown report with PNG charts
-    (metrics per model, NDCG per segment, coverage against NDCG) and logs it to MLflow."""
+    (metrics per model, NDCG per segment, coverage against NDCG) and logs it to MLflow.
+
+    Each model's fit on the split is kept in <data-dir>/cache/fits/ and reused by the next
+    evaluate when the data, split and parameters are the same (--no-cache fits again;
+    `make clean-data` removes the cache with the data)."""
     from storerec.core.progress import Progress
     from storerec.training.compare import compare_models, compare_runs
 
@@ -418,7 +425,8 @@ def evaluate(
         path = compare_runs(state.settings, [r.strip() for r in runs.split(",") if r.strip()], out)
     else:
         names = [m.strip() for m in model_names.split(",")] if model_names else state.settings.training.run_models
-        path = compare_models(state.settings, state.data_dir(data_dir), names, out, Progress("evaluate", quiet=state.quiet), pipeline=pipeline)
+        path = compare_models(state.settings, state.data_dir(data_dir), names, out, Progress("evaluate", quiet=state.quiet), pipeline=pipeline,
+                              use_cache=not no_cache)
     click.echo(f"report: {path}")
 
 
@@ -671,8 +679,10 @@ def serve(state: _State, host: str | None, port: int | None, model_ref: str | No
         token = "sr-" + secrets.token_urlsafe(24)  # this start only; every worker gets it
         env["STOREREC__SERVING__ADMIN_TOKEN"] = token
         click.echo(launch.ADMIN_TOKEN_LINE.format(token=token))
-    exe = str(Path(sys.executable).with_name("bentoml"))
-    cmd = [exe, "serve", launch.SERVICE_IMPORT, "--host", host, "--port", str(port)]
+    from storerec.serving.arbiter import PROMETHEUS_DIR_VAR, prometheus_dir
+
+    env[PROMETHEUS_DIR_VAR] = str(prometheus_dir(host, port))  # its own metrics folder (serving/arbiter.py)
+    cmd = [sys.executable, "-m", "storerec.serving.arbiter", "serve", launch.SERVICE_IMPORT, "--host", host, "--port", str(port)]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvpe(cmd[0], cmd, env)
@@ -864,7 +874,7 @@ def ab_report_cmd(state: _State, name: str, experiments_file: Path | None, event
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--a", "ref_a", required=True, help="First registered version (alias or number), e.g. champion.")
 @click.option("--b", "ref_b", required=True, help="Second registered version, e.g. challenger.")
-@click.option("--out", type=FOLDER, default=None, help="Report folder (default: reports/evaluation-<time>).")
+@click.option("--out", type=FOLDER, default=None, help="Report folder (default: reports/evaluation-<time> beside the data folder).")
 @data_dir_option
 @click.pass_obj
 def replay(state: _State, ref_a: str, ref_b: str, out: Path | None, data_dir: Path | None) -> None:

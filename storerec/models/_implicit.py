@@ -11,6 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
+from storerec.core.progress import FitReporter, fit_task
 from storerec.models.base import ConfigT, ModelBase
 from storerec.models.dataset import Dataset
 
@@ -37,6 +38,9 @@ class ImplicitFactorModel(ModelBase[ConfigT]):
     are named as its keyword arguments. Scores are ``user_factors @ item_factors.T``; the item
     vectors are the item factors, less the last column when ``item_bias_column`` (implicit's BPR
     keeps the item bias there, with a 1 in the user factors).
+
+    ``fit_progress``, when set, reports each iteration through implicit's fit callback (it
+    changes nothing in the computation).
     """
 
     estimator: ClassVar[str]
@@ -44,6 +48,7 @@ class ImplicitFactorModel(ModelBase[ConfigT]):
     has_item_vectors = True
     has_item_similarity = True
     state_keys = ("user_factors", "item_factors")
+    fit_progress: FitReporter | None = None  # set by the caller before fit(); see storerec.core.progress
 
     user_factors: np.ndarray
     item_factors: np.ndarray
@@ -52,7 +57,9 @@ class ImplicitFactorModel(ModelBase[ConfigT]):
         estimator = implicit_class(self.estimator)  # imported first: the BLAS limit covers the libraries loaded by then
         with single_threaded_blas():
             model = estimator(**self.config.model_dump())
-            model.fit(sp.csr_matrix(dataset.interactions), show_progress=False)
+            with fit_task(self.fit_progress, model.iterations, "iteration") as task:
+                # implicit calls back after each iteration with its 0-based index (and times, loss)
+                model.fit(sp.csr_matrix(dataset.interactions), show_progress=False, callback=lambda i, *_: task.update(i + 1))
         self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
         self.item_factors = np.asarray(model.item_factors, dtype=np.float32)
 

@@ -15,6 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field, field_validator
 
+from storerec.core.progress import FitReporter, fit_task
 from storerec.models.base import ModelBase, ModelConfig
 from storerec.models.dataset import Dataset, Features
 
@@ -63,7 +64,13 @@ class LightFMModel(ModelBase[LightFMConfig]):
     """Hybrid matrix factorisation; recommends for hot, warm (features only) and cold users.
 
     Cold users (no features at all) get the item biases, LightFM's learned popularity.
+
+    The fit runs one epoch at a time (``fit_partial``: the same computation as ``fit`` with all
+    epochs at once, the same random stream) so that ``fit_progress``, when set, can report each
+    epoch with an estimate of the time left.
     """
+
+    fit_progress: FitReporter | None = None  # set by the caller before fit(); see storerec.core.progress
 
     name = "lightfm"
     config_class = LightFMConfig
@@ -113,14 +120,12 @@ class LightFMModel(ModelBase[LightFMConfig]):
             max_sampled=cfg.max_sampled,
             random_state=cfg.random_state,
         )
-        model.fit(
-            binary,
-            user_features=uf,
-            item_features=itf,
-            sample_weight=inter.astype(np.float32) if cfg.use_weights else None,
-            epochs=cfg.epochs,
-            num_threads=cfg.num_threads,
-        )
+        weights = inter.astype(np.float32) if cfg.use_weights else None
+        with fit_task(self.fit_progress, cfg.epochs, "epoch") as task:
+            for _ in range(cfg.epochs):  # a fresh LightFM: the first call initialises, the others resume
+                model.fit_partial(binary, user_features=uf, item_features=itf, sample_weight=weights, epochs=1,
+                                  num_threads=cfg.num_threads)
+                task.advance()
         ub, ue = model.get_user_representations(uf)
         ib, ie = model.get_item_representations(itf)
         self.user_emb, self.user_bias = ue.astype(np.float32), ub.astype(np.float32)

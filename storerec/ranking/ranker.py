@@ -140,6 +140,7 @@ class Ranker:
         self.sources = CandidateSources(model, self.items, self.users, self.similarity, context_weight)
         self.reasons = ReasonBook(self.items, self.users, model.name)
         self._mask_cache: dict[tuple[Any, ...], np.ndarray] = {}
+        self._regions: list[str] | None = None  # the profiles' regions, listed at the first request naming one
         kernels.warm_up()
 
     @property
@@ -219,7 +220,21 @@ class Ranker:
     # ---- lists that are the same for everyone -------------------------------------------------
 
     def trending(self, k: int, category: str | None = None, region: str | None = None) -> RankResult:
+        """The trending list, of ``region``'s shoppers when given (a region of the profiles; one
+        without activity this week gets everyone's list). An unknown region is an error, as an
+        unknown category is: a misspelt or wrongly-cased one never passes silently."""
+        if region:
+            self._check_region(region)
         return self._simple_list(self.sources.trending(region or None), k, category, "trending")
+
+    def _check_region(self, region: str) -> None:
+        if self._regions is None:
+            self._regions = sorted({str(p["region"]) for p in self.profiles.values() if p.get("region")})
+        if region in self._regions:
+            return
+        near = [r for r in self._regions if r.casefold() == region.casefold()]
+        hint = f"; did you mean {near[0]!r}? (regions are case-sensitive)" if near else ""
+        raise RankingInputError(f"unknown region {region!r}{hint}; known: {self._regions}", "region")
 
     def new_arrivals(self, k: int, category: str | None = None) -> RankResult:
         return self._simple_list(self.items.new_rank, k, category, "new_arrivals")

@@ -85,7 +85,7 @@ ROUTES: dict[str, Route] = {
                            "Load a registered version (or the configured alias again) in every worker. Needs x-admin-token.", (403, 404, 409)),
 }
 ADMIN_PREFIX = "/admin/"
-STATUS_ROUTES = ("/readyz", "/experiments", "/docs.json")  # the service's own GET routes (its mounted status app)
+STATUS_ROUTES = ("/readyz", "/experiments", "/docs.json", "/docs")  # the service's own GET routes (its mounted status app)
 GET_ROUTES = (*STATUS_ROUTES, "/healthz", "/livez", "/metrics")  # ... and BentoML's
 CODES = {
     400: "invalid_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",

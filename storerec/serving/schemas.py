@@ -153,7 +153,11 @@ class SimilarResponse(_Served):
 class ListRequest(_Strict):
     k: JsonInt = Field(10, ge=1, le=100)
     category: Id | None = Field(None, description="Only this category (full path or top level).")
-    region: Id | None = Field(None, description="Trending among shoppers of this region (trending only).")
+    region: Id | None = Field(
+        None,
+        description="Trending among shoppers of this region (trending only): a region of the profiles, exactly as written there "
+        "(an unknown or wrongly-cased one is 404, naming the known ones); a region with no activity this week gets everyone's list.",
+    )
     details: bool = Field(False, description="Add each item's title, brand, price, in_stock and image_url (to render it); off, the answer stays lean.")
 
 

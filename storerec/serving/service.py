@@ -15,7 +15,8 @@ Endpoints (``serving/http.py`` holds their request and response models, ``ROUTES
 * ``POST /admin/reload``: load another version in every worker (needs ``x-admin-token``);
 * ``GET /readyz`` (200 once a model is loaded and the event log can write, else 503 with the
   reasons), ``GET /experiments``, ``GET /docs.json`` (the OpenAPI document; BentoML's page at
-  ``GET /`` shows it): the service's status app, a FastAPI app mounted on the service whose
+  ``GET /`` shows it, and ``GET /docs`` leads there), ``GET /explore`` (the explorer,
+  serving/explore.py): the service's status app, a FastAPI app mounted on the service whose
   methods BentoML calls on the worker's instance;
 * BentoML's own ``GET /healthz`` and ``/livez`` (alive) and ``GET /metrics`` (Prometheus, unless
   ``serving.metrics = false``).
@@ -45,7 +46,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from pydantic_core import to_json
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 
 from storerec.core.errors import NotFoundError, UserError
 from storerec.core.settings import load_settings
@@ -164,6 +165,13 @@ status_app = FastAPI(title="storerec status", docs_url=None, redoc_url=None, ope
 async def docs_json() -> Response:
     """The OpenAPI document (serving/http.py)."""
     return Response(openapi_json(), media_type="application/json")
+
+
+@status_app.get("/docs")
+async def docs_page() -> Response:
+    """The API page is BentoML's, at ``/`` (it shows ``/docs.json``): ``/docs``, where people
+    look for it, leads there."""
+    return RedirectResponse("/", status_code=307)
 
 
 @bentoml.service(name=SERVICE_NAME, traffic={"timeout": TRAFFIC_TIMEOUT_S})

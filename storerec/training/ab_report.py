@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,12 @@ def _chart(result: dict[str, Any], out: Path) -> str:
     return "ab.png"
 
 
+def _html_inline(text: str) -> str:
+    """The Markdown report's inline marks as HTML (`code`, **bold**); everything else escaped."""
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
+
+
 def render(exp: ExperimentConfig, result: dict[str, Any], extra: dict[str, Any], aa: dict[str, Any] | None) -> tuple[str, str]:
     """(Markdown, HTML) of the report."""
     head = ["variant", "users", "impressions", "clicks", "CTR", "conversion", "revenue/user", "share (configured)"]
@@ -106,9 +113,9 @@ def render(exp: ExperimentConfig, result: dict[str, Any], extra: dict[str, Any],
                 b = c.extra["bootstrap_ci"]
                 ci += f"; bootstrap [{b[0]:.4f}, {b[1]:.4f}]"
             rel = f"{_fmt(c.rel_lift, True)} [{_fmt(c.rel_ci[0], True)}, {_fmt(c.rel_ci[1], True)}]"
-            sig = " **" if c.p_value < 0.05 else ""
+            p_text = f"{c.p_value:.4g}"
             crows.append([n, METRIC_LABEL[c.metric], _fmt(c.control, pct) if pct else f"{c.control:.4f}",
-                          _fmt(c.treatment, pct) if pct else f"{c.treatment:.4f}", ci, rel, f"{c.p_value:.4g}{sig}", c.test])
+                          _fmt(c.treatment, pct) if pct else f"{c.treatment:.4f}", ci, rel, f"**{p_text}**" if c.p_value < 0.05 else p_text, c.test])
     s = result["srm"]
     srm_line = (
         f"**SRM: FLAGGED** (chi-square {s['chi2']:.2f}, p = {s['p_value']:.3g} < 0.001): users per variant "
@@ -137,7 +144,7 @@ def render(exp: ExperimentConfig, result: dict[str, Any], extra: dict[str, Any],
         "",
         "CTR = lists with a click / lists shown (standard error from per-user sums: a user's lists are not independent); "
         "conversion = users who bought a recommended item / users; revenue per user over all users of the variant. "
-        "** marks p < 0.05.",
+        "Bold p-values are below 0.05.",
         "",
         markdown_table(chead, crows) if crows else "(not enough users for a comparison)",
         "",
@@ -157,13 +164,14 @@ def render(exp: ExperimentConfig, result: dict[str, Any], extra: dict[str, Any],
 
     def html_table(h: list[str], rs: list[list[str]]) -> str:
         th = "".join(f"<th>{html.escape(x)}</th>" for x in h)
-        trs = "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in rs)
+        trs = "".join("<tr>" + "".join(f"<td>{_html_inline(x)}</td>" for x in r) + "</tr>" for r in rs)
         return f"<table border=1 cellpadding=4><tr>{th}</tr>{trs}</table>"
 
-    body = [f"<h1>A/B report: {html.escape(exp.name)}</h1>", f"<p>{html.escape(lines[2])}</p>", f"<p>{html.escape(lines[3])}</p>",
-            f"<p><b>{html.escape(srm_line)}</b></p>", html_table(head, rows), html_table(chead, crows), '<p><img src="ab.png"></p>']
+    body = [f"<h1>A/B report: {html.escape(exp.name)}</h1>", f"<p>{_html_inline(lines[2])}</p>", f"<p>{_html_inline(lines[3])}</p>",
+            f"<p><b>{_html_inline(srm_line)}</b></p>", html_table(head, rows), "<p>" + _html_inline(lines[9]) + "</p>",
+            html_table(chead, crows), '<p><img src="ab.png"></p>']
     if aa:
-        body.append(f"<p>{html.escape(lines[-1])}</p>")
+        body.append(f"<p>{_html_inline(lines[-1])}</p>")
     page = "<!doctype html><html><head><meta charset=utf-8><title>A/B " + html.escape(exp.name) + "</title></head><body>" + "".join(body) + "</body></html>"
     return md, page
 

@@ -48,9 +48,9 @@ def train_register_promote(settings: Settings, data_dir: Path, progress: Progres
         searched[name] = account
         chosen[name] = params
         progress.info(f"{name}: {account}")
-        summaries.append(train_one(settings, tables, split, name, params, register=True, progress=progress))
+        summaries.append(train_one(settings, tables, split, name, params, register=True, progress=progress, reuse=True))
         tables.release_events()
-    report = publish({s.model: s.metrics for s in summaries}, k, default_report_dir(), _context(split))
+    report = publish({s.model: s.metrics for s in summaries}, k, default_report_dir(settings), _context(split))
     name = settings.registered_model_name()
     per_user = _per_user_scores(summaries, k)
     previous = _champion_model(client, name)
@@ -98,7 +98,7 @@ def _older_windows(
                            f"{cur.as_of:%Y-%m-%d})"):
             scores = {}
             for m in decision.tied:
-                res = train_and_evaluate(settings, cur_tables, cur, m, chosen.get(m) or None)
+                res = train_and_evaluate(settings, cur_tables, cur, m, chosen.get(m) or None, progress=progress)
                 assert res.per_user is not None
                 scores[m] = res.per_user
             users = scores[decision.tied[0]]["user_id"]

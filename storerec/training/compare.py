@@ -15,11 +15,14 @@ from storerec.core.progress import Progress
 from storerec.core.settings import Settings
 from storerec.evaluation.report import write_report
 from storerec.registry import tracking
-from storerec.training.pipeline import Split, Tables, evaluate_served, make_split, train_and_evaluate
+from storerec.training.fitcache import FitCache, cache_dir
+from storerec.training.pipeline import Split, Tables, evaluate_served, fit_model, make_split, train_and_evaluate
 
 
-def default_report_dir() -> Path:
-    return Path("reports") / f"evaluation-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
+def default_report_dir(settings: Settings) -> Path:
+    """``reports/evaluation-<UTC time>`` beside the data folder (``./reports`` for ``./data``): the
+    report goes with the data it describes, not into whatever folder the command ran in."""
+    return Path(settings.data.dir).resolve().parent / "reports" / f"evaluation-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
 
 
 def publish(results: dict[str, dict[str, float]], k: int, out: Path, context: dict[str, Any]) -> Path:
@@ -37,28 +40,34 @@ def publish(results: dict[str, dict[str, float]], k: int, out: Path, context: di
 
 
 def compare_models(
-    settings: Settings, data_dir: Path, models: list[str], out: Path | None, progress: Progress, *, pipeline: bool = False
+    settings: Settings, data_dir: Path, models: list[str], out: Path | None, progress: Progress, *, pipeline: bool = False,
+    use_cache: bool = True,
 ) -> Path:
     """Fit every model on the same split, evaluate, and publish one report.
 
     With ``pipeline``, each model is also evaluated through the serving pipeline (filters,
-    extra candidates, diversity re-ranking): rows ``<model> · served, ...``."""
+    extra candidates, diversity re-ranking): rows ``<model> · served, ...``.
+
+    Fits are kept in the data folder's fit cache (:mod:`storerec.training.fitcache`) and reused
+    when the data and parameters are the same; ``use_cache=False`` fits every model again."""
     tracking.configure(settings.mlflow, kind="evaluate")
     with progress.step("load data and split"):
         tables = Tables.load(data_dir)
         split = make_split(tables, settings.training)
+    fits = FitCache(cache_dir(data_dir), tables.fingerprint, enabled=use_cache, progress=progress)
     results: dict[str, dict[str, float]] = {}
     cached = None
     for name in models:
         with progress.step(f"{name}: fit and evaluate"):
-            res = train_and_evaluate(settings, tables, split, name, None, cached)
+            res = train_and_evaluate(settings, tables, split, name, None, cached,
+                                     fit=lambda model, dataset: fits.fit(model, dataset, split.params, lambda m, d: fit_model(m, d, progress)))
             cached = res.prepared
             results[name] = res.metrics
         if pipeline:
             with progress.step(f"{name}: the serving pipeline, with and without diversity"):
                 for label, metrics in evaluate_served(res.model, split, res.prepared, settings).items():
                     results[f"{name} · {label}"] = metrics
-    return publish(results, settings.training.k, out or default_report_dir(), _context(split))
+    return publish(results, settings.training.k, out or default_report_dir(settings), _context(split))
 
 
 def compare_runs(settings: Settings, run_ids: list[str], out: Path | None) -> Path:
@@ -80,7 +89,7 @@ def compare_runs(settings: Settings, run_ids: list[str], out: Path | None) -> Pa
     if len(distinct) > 1:
         detail = "; ".join(f"{n}: {s}" for n, s in splits.items())
         raise UserError(f"these runs were evaluated on different splits and cannot be compared: {detail}")
-    return publish(results, settings.training.k, out or default_report_dir(), next(iter(splits.values()), {}))
+    return publish(results, settings.training.k, out or default_report_dir(settings), next(iter(splits.values()), {}))
 
 
 def _context(split: Split) -> dict[str, Any]:
@@ -128,8 +137,8 @@ def replay_versions(settings: Settings, data_dir: Path, ref_a: str, ref_b: str, 
         number, name, overrides = version_spec(settings, ref)
         label = f"{ref} (v{number} {name})"
         with progress.step(f"{label}: refit on the train window and evaluate"):
-            res = train_and_evaluate(settings, tables, split, name, overrides)
+            res = train_and_evaluate(settings, tables, split, name, overrides, progress=progress)
             results[label] = res.metrics
             for variant, metrics in evaluate_served(res.model, split, res.prepared, settings).items():
                 results[f"{label} · {variant}"] = metrics
-    return publish(results, settings.training.k, out or default_report_dir(), {**_context(split), "replay": f"{ref_a} vs {ref_b}"})
+    return publish(results, settings.training.k, out or default_report_dir(settings), {**_context(split), "replay": f"{ref_a} vs {ref_b}"})

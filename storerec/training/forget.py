@@ -23,6 +23,7 @@ Nothing here prints or logs an id in clear: the report names users by ``storerec
 from __future__ import annotations
 
 import io as _io
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ import polars as pl
 from storerec.core.errors import UserError
 from storerec.features import io
 from storerec.features.forget import drop_forgotten, forgotten_hashes, record_forgotten, user_hash
+from storerec.training.fitcache import cache_dir
 
 
 @dataclass
@@ -143,6 +145,9 @@ def forget_users(data_dir: Path, ids: list[str], eventlog_url: str | None) -> Fo
         report.rows["event log feedback"] = fb
         report.rows["event log behaviour"] = beh
         report.rows["event log campaign sends"] = camp
+    fits = cache_dir(data_dir)  # evaluate's cached fits hold every user's id and factors: dropped whole
+    report.rows["cached fits"] = sum(1 for _ in fits.iterdir()) if fits.is_dir() else 0
+    shutil.rmtree(fits, ignore_errors=True)
     report.newly_recorded = record_forgotten(data_dir, ids)
     return report
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 
 from storerec.core.errors import UserError
+from storerec.core.progress import Progress, ReportsFitProgress
 from storerec.core.schema import Columns
 from storerec.core.settings import Settings, TrainingSettings
 from storerec.evaluation.metrics import BATCH_USERS as METRIC_BATCH_USERS
@@ -263,6 +264,23 @@ def build_model(name: str, params: dict[str, Any]) -> ModelBase:
         raise UserError(f"invalid parameters for model {name!r}: {exc}") from exc
 
 
+def fit_model(model: ModelBase, dataset: Dataset, progress: Progress | None = None) -> ModelBase:
+    """``model.fit(dataset)``; with ``progress``, a model that reports its fit (LightFM's epochs,
+    implicit's iterations) shows how far it is with an estimate, under the model's name. The
+    reporting changes nothing in the fit."""
+    if progress is None or not isinstance(model, ReportsFitProgress):
+        return model.fit(dataset)
+    model.fit_progress = progress.fit_reporter(model.name)
+    try:
+        return model.fit(dataset)
+    finally:
+        model.fit_progress = None  # the model keeps no reference to the job's output
+
+
+FitFunction = Callable[[ModelBase, Dataset], ModelBase]
+"""How :func:`train_and_evaluate` fits a built model on a dataset (default: :func:`fit_model`)."""
+
+
 @dataclass
 class TrainResult:
     """A model fitted on the split's train window and its metrics on the validation window."""
@@ -408,8 +426,13 @@ def train_and_evaluate(
     name: str,
     overrides: dict[str, Any] | None = None,
     cached: Prepared | None = None,
+    progress: Progress | None = None,
+    fit: FitFunction | None = None,
 ) -> TrainResult:
-    """Fit ``name`` on the split's train events and evaluate it on the validation window."""
+    """Fit ``name`` on the split's train events and evaluate it on the validation window.
+
+    ``progress``: long fits report on it (:func:`fit_model`). ``fit`` replaces the fit itself,
+    e.g. by a fit cache (:mod:`storerec.training.fitcache`); it returns the fitted model."""
     params, inter = model_spec(settings, name, overrides)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -417,7 +440,7 @@ def train_and_evaluate(
     seconds["prepare"] = time.perf_counter() - t0
     model = build_model(name, params)
     t0 = time.perf_counter()
-    model.fit(prepared.dataset)
+    model = fit(model, prepared.dataset) if fit is not None else fit_model(model, prepared.dataset, progress)
     seconds["fit"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     metrics, per_user = evaluate_per_user(model, split, prepared, settings.training.k)
@@ -426,12 +449,13 @@ def train_and_evaluate(
     return TrainResult(model, prepared, metrics, all_params, seconds, per_user)
 
 
-def refit_full(settings: Settings, tables: Tables, name: str, overrides: dict[str, Any] | None = None) -> tuple[ModelBase, Prepared]:
+def refit_full(settings: Settings, tables: Tables, name: str, overrides: dict[str, Any] | None = None,
+               progress: Progress | None = None) -> tuple[ModelBase, Prepared]:
     """Fit on every event (profiles as of the end of data) for the version that gets served."""
     params, inter = model_spec(settings, name, overrides)
     as_of = last_event_time(tables.events) + timedelta(microseconds=1)
     prepared = prepare(tables.events, tables, settings, as_of, inter)
-    return build_model(name, params).fit(prepared.dataset), prepared
+    return fit_model(build_model(name, params), prepared.dataset, progress), prepared
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

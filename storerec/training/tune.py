@@ -43,7 +43,7 @@ from storerec.models.base import flatten
 from storerec.models.ease import reuse_gram
 from storerec.registry import tracking
 from storerec.training.pipeline import Split, Tables, build_model, make_split, model_spec, train_and_evaluate
-from storerec.training.train import TrainSummary, train_one
+from storerec.training.train import TrainSummary, against_champion, train_one
 
 DECAY = [None, 5, 10, 20, 50]
 SEARCH_SPACES: dict[str, dict[str, list[Any]]] = {
@@ -281,7 +281,7 @@ def search_inner(
 
     def score(params: dict[str, Any]) -> float:
         nonlocal cached
-        res = train_and_evaluate(settings, inner_tables, inner, model, params, cached)
+        res = train_and_evaluate(settings, inner_tables, inner, model, params, cached, progress=progress)
         cached = res.prepared
         return res.metrics[f"ndcg@{k}"]
 
@@ -325,6 +325,8 @@ class TuneSummary:
         lines.append(f"  parent run {self.parent_run_id}")
         if self.registered:
             lines.append(f"  best registered as version {self.registered.version}")
+            if self.registered.verdict:
+                lines.append(f"  {self.registered.verdict}")
         else:
             lines.append("  (not registered; re-run with --register, or `storerec train --model ... --param key=value`)")
         return "\n".join(lines)
@@ -385,7 +387,7 @@ def run_tuning(
 
         def score(params: dict[str, Any]) -> float:
             nonlocal cached
-            res = train_and_evaluate(settings, inner_tables, inner, model, params, cached)
+            res = train_and_evaluate(settings, inner_tables, inner, model, params, cached, progress=progress)
             cached = res.prepared
             value = res.metrics[metric]
             results.append((params, value))
@@ -416,9 +418,10 @@ def run_tuning(
             registered = train_one(
                 settings, tables, split, model, best_params, register=True, progress=progress, run_name=f"{model}-tuned", nested=True
             )
+            registered.verdict = against_champion(settings, registered, tables.fingerprint)
             outer = registered.metrics
         else:
             with progress.step(f"{model}: the chosen setting on the whole train window, evaluated on the outer window"):
-                outer = train_and_evaluate(settings, tables, split, model, best_params).metrics
+                outer = train_and_evaluate(settings, tables, split, model, best_params, progress=progress).metrics
         mlflow.log_metrics({f"outer_{tracking.metric_key(m)}": v for m, v in outer.items()})
     return TuneSummary(model, parent.info.run_id, results, best_params, best_score, metric, registered, outer, inner_window, outer_window)

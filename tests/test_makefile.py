@@ -1,0 +1,53 @@
+"""The Makefile and the CLI agree: what `make` would run (``make -n``, nothing is run) passes the
+user's settings where they belong and leaves defaults to the CLI."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from storerec.cli import cli
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
+
+
+def dry_run(*args: str) -> str:
+    """The commands ``make`` would run (``STAMP`` made fresh: no install step)."""
+    out = subprocess.run(["make", "-n", "-o", ".venv/.installed", "-o", "install", *args], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_make_run_port_reaches_the_service_and_args_reach_run() -> None:
+    out = dry_run("run", "PORT=3005", "ARGS=--force")
+    run_line = next(line for line in out.splitlines() if "storerec run" in line)
+    assert "--force" in run_line and "serve --port 3005" in run_line
+    assert "--port" not in run_line.split("&&")[0]
+    assert "serve --port 3005" in dry_run("serve", "PORT=3005")
+
+
+def test_tune_uses_the_clis_default_number_of_trials_unless_asked() -> None:
+    assert "--trials" not in dry_run("tune", "MODEL=als")
+    assert "--trials 7" in dry_run("tune", "MODEL=als", "TRIALS=7")
+    help_text = CliRunner().invoke(cli, ["tune", "--help"]).output
+    assert "--trials" in help_text and "default: 30" in help_text.replace("\n", " ").replace("  ", " ")
+
+
+def test_clean_data_removes_every_generated_folder_and_export() -> None:
+    out = dry_run("clean-data")
+    for target in ("data ", "data-*/", "mlruns", "reports", "eventlog", "logged-events.parquet"):
+        assert target in out, target
+
+
+def test_install_fails_when_pip_fails() -> None:
+    """The install line filters pip's listing but keeps its exit status (pipefail)."""
+    out = subprocess.run(["make", "-n", "-W", "pyproject.toml", ".venv/.installed"], cwd=REPO, capture_output=True, text=True,
+                         timeout=60).stdout
+    line = next(line for line in out.splitlines() if "-r requirements.lock" in line)
+    assert line.startswith("set -o pipefail;")
