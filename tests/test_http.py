@@ -415,7 +415,7 @@ def test_app_spec_is_the_one_enforced_and_other_methods_get_405(app) -> None:
     assert docs.status_code == 307 and docs.headers["location"] == "/"
     assert app.get("/docs").text == app.get("/").text  # followed: the API page
     assert_error(app.get("/recommend"), 405)
-    for path in ("/readyz", "/experiments", "/docs.json", "/healthz"):
+    for path in ("/readyz", "/experiments", "/docs.json", "/docs", "/healthz"):
         r = app.post(path, json={})
         assert_error(r, 405)
         assert r.headers["allow"] == "GET"

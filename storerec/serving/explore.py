@@ -37,7 +37,6 @@ from datetime import datetime, timedelta
 from functools import cache
 from importlib import resources
 from typing import Any, Protocol
-from urllib.parse import urlencode
 
 import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -304,7 +303,7 @@ class Explorer:
         return [{"user_id": u, "segment": s} for u, s in rows.iter_rows() if s]
 
     def _profile(self, loaded: Loaded, user_id: str) -> dict[str, Any] | None:
-        if loaded.profiles is None:
+        if loaded.profiles is None or user_id in loaded.ranker.forgotten:
             return None
         import polars as pl
 
@@ -324,7 +323,7 @@ class Explorer:
         from storerec.ranking.facts import TYPE_RANK
 
         names = {rank: name for name, rank in TYPE_RANK.items()}
-        if ranker.user_index(user_id) < 0 and user_id not in ranker.users.history:
+        if user_id in ranker.forgotten:  # erased (forget-user): served as unknown, nothing of theirs is shown
             return []
         items, types = ranker.users.history.get(user_id, (np.empty(0, np.int64), np.empty(0, np.int8)))
         return [{"item_id": str(ranker.items.ids[i]), "title": ranker.items.titles[i] or str(ranker.items.ids[i]),
@@ -372,7 +371,7 @@ class Explorer:
         self._extra[key] = loaded
         self._extra.move_to_end(key)
         while len(self._extra) > EXTRA_VERSIONS:
-            old_key, old = self._extra.popitem(last=False)
+            _, old = self._extra.popitem(last=False)
             self._load_cache = {k: v for k, v in self._load_cache.items() if v is not old}
         return loaded
 
@@ -531,8 +530,3 @@ class _Query(Mapping[str, str]):
     def getlist(self, key: str) -> list[str]:
         return list(self.q.getlist(key)) or ([self._values[key]] if key in self._values else [])
 
-
-def query_string(params: Mapping[str, Any], **changes: Any) -> str:
-    """``params`` with ``changes`` as a query string (None drops a parameter)."""
-    merged = {k: v for k, v in {**params, **changes}.items() if v is not None and v != ""}
-    return urlencode(merged, doseq=True)
