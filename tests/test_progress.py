@@ -183,3 +183,13 @@ def test_fit_model_reports_under_the_model_name_and_leaves_no_reporter_behind() 
     assert fit_model(PopularityModel(), tiny_dataset(), progress).is_fitted  # a model that does not report: fitted as before
     assert seen == ["lightfm"]
     assert stream.getvalue() == ""  # quick fits stay silent
+
+
+def test_the_search_says_the_most_time_it_can_still_take() -> None:
+    """#19 item 2: a line per setting of `storerec run`'s automatic search, the time left capped by its budget."""
+    from storerec.training.tune import search_line
+
+    assert search_line("als", 2, 30, 0.05123, 10, 10.0, 60.0) == (
+        "als: setting 2 (at most 30) scored ndcg@10 0.0512; 10 s, at most ~50 s left")  # 140 s of trials, 50 s of budget
+    assert search_line("als", 2, 30, 0.05, 10, 10.0, None).endswith("at most ~140 s left")
+    assert search_line("als", 30, 30, 0.05, 10, 70.0, 60.0).endswith("at most ~0 s left")

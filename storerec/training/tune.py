@@ -34,7 +34,7 @@ import mlflow
 import polars as pl
 
 from storerec.core.errors import UserError
-from storerec.core.progress import Progress
+from storerec.core.progress import TASK_DELAY, Progress
 from storerec.core.schema import Columns as C
 from storerec.core.schema import EventTypes
 from storerec.core.settings import Settings
@@ -264,6 +264,16 @@ def inner_split(settings: Settings, tables: Tables, split: Split) -> tuple[Table
     return inner_tables, make_split(inner_tables, settings.training)
 
 
+def search_line(model: str, tried: int, max_trials: int, ndcg: float, k: int, elapsed: float, budget_s: float | None) -> str:
+    """One line per setting the automatic search scored, with the most time it can still take:
+    the trials left at the mean time per trial so far, capped by what is left of the budget (the
+    search also stops earlier, when a full pass brings no gain)."""
+    left = elapsed / tried * (max_trials - tried)
+    if budget_s is not None:
+        left = min(left, max(0.0, budget_s - elapsed))
+    return f"{model}: setting {tried} (at most {max_trials}) scored ndcg@{k} {ndcg:.4f}; {elapsed:.0f} s, at most ~{left:.0f} s left"
+
+
 def search_inner(
     settings: Settings, tables: Tables, split: Split, model: str, *, max_trials: int, budget_s: float | None, progress: Progress
 ) -> tuple[dict[str, Any], SearchResult | None, str]:
@@ -278,11 +288,16 @@ def search_inner(
         return {}, None, f"defaults (the train window cannot be split again for a search: {exc})"
     k = settings.training.k
     cached = None
+    started, tried = time.perf_counter(), 0
 
     def score(params: dict[str, Any]) -> float:
-        nonlocal cached
+        nonlocal cached, tried
         res = train_and_evaluate(settings, inner_tables, inner, model, params, cached, progress=progress)
         cached = res.prepared
+        tried += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= TASK_DELAY:  # a quick search stays silent, as a quick fit does
+            progress.info(search_line(model, tried, max_trials, res.metrics[f"ndcg@{k}"], k, elapsed, budget_s))
         return res.metrics[f"ndcg@{k}"]
 
     with _model_reuse(model):
