@@ -51,3 +51,27 @@ def test_install_fails_when_pip_fails() -> None:
                          timeout=60).stdout
     line = next(line for line in out.splitlines() if "-r requirements.lock" in line)
     assert line.startswith("set -o pipefail;")
+
+
+def test_the_readme_lists_every_command() -> None:
+    """#19 item 7: the README's command list names every command of the CLI, and no other."""
+    text = (REPO / "README.md").read_text()
+    block = text[text.index("storerec [--config FILE] [-q] COMMAND [OPTIONS]"):]
+    block = block[: block.index("```")]
+    listed = {part.strip() for line in block.splitlines()[1:] for part in line[:19].split("/") if part.strip()}
+    assert listed == set(cli.commands), f"missing: {sorted(set(cli.commands) - listed)}, not commands: {sorted(listed - set(cli.commands))}"
+
+
+def test_the_readme_lists_every_make_target() -> None:
+    """Every target `make help` lists appears in the README."""
+    text = (REPO / "README.md").read_text()
+    targets = [line.split()[1] for line in dry_run_help().splitlines() if line.startswith("  make ")]
+    assert len(targets) > 30
+    missing = [t for t in targets if f"make {t}" not in text]
+    assert not missing, f"make targets the README does not mention: {missing}"
+
+
+def dry_run_help() -> str:
+    out = subprocess.run(["make", "help"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
