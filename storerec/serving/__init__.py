@@ -6,5 +6,7 @@ Modules: ``service`` (the BentoML service class and its endpoints), ``http`` (th
 of them, the request/response models per route and the OpenAPI document), ``schemas`` (those
 models), ``state`` (loading a registered version and the experiments' variants), ``control``
 (the store the workers share to serve one version), ``watchdog`` (a worker exits with its
-arbiter), ``freqcap`` (the frequency cap), ``launch`` (what ``storerec serve`` hands to BentoML).
+arbiter), ``freqcap`` (the frequency cap), ``launch`` (what ``storerec serve`` hands to BentoML),
+``arbiter`` (``bentoml serve`` with the service's own metrics folder), ``explore`` (the explorer's
+pages at ``/explore``; templates and assets in ``explorer/``).
 """
