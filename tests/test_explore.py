@@ -54,6 +54,7 @@ def served(store: Path, tmp_path_factory: pytest.TempPathFactory):
     assert main(["--config", str(cfg), "-q", "train", "--model", "itemknn"]) == 0
     assert main(["--config", str(cfg), "-q", "promote", "--version", "1"]) == 0
     assert main(["--config", str(cfg), "-q", "promote", "--version", "2", "--alias", "challenger"]) == 0
+    assert main(["--config", str(cfg), "-q", "train", "--model", "popularity"]) == 0  # version 3: served by no one
     proc, client = start(cfg, root / "serve.log")
     try:
         base = str(client.base_url).rstrip("/")
@@ -164,6 +165,15 @@ def test_the_explorer_shows_the_served_list_without_serving_it(served) -> None:
             assert parse(html).lists["list"] == [i["item_id"] for i in served_list["items"]]
             if served_list["experiment"]:
                 assert f"variant <strong>{served_list['variant']}</strong>" in html
+
+
+def test_a_version_the_service_does_not_serve_is_loaded_for_the_comparison(served) -> None:
+    c = served["client"]
+    user = hot_users(served["store"], 1)[0]
+    for _ in range(2):  # the second time from the explorer's own cache
+        html = c.get("/explore/compare", params={"user_id": user, "a": "3", "b": "challenger"}).text
+        assert re.search(r"A: popularity version 3 <small>\(3\)", html) and re.search(r"B: itemknn version 2 <small>\(challenger\)", html)
+    assert c.get("/readyz").json()["model_version"] == "1", "comparing loads a version beside the served one, it serves nothing else"
 
 
 def test_bad_parameters_are_named_and_nothing_is_a_server_error(served) -> None:

@@ -31,6 +31,7 @@ import hmac
 import logging
 import math
 import time
+import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -45,8 +46,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from storerec.core.errors import UserError
+from storerec.core.schema import Columns as C
 from storerec.core.settings import Settings
-from storerec.evaluation.beyond import novelty_from_histogram
+from storerec.evaluation.beyond import novelty_from_histogram, per_user_diversity
 from storerec.events.eventlog import now_utc
 from storerec.ranking.ranker import RankedItem, Ranker
 from storerec.registry.loading import Loaded
@@ -72,6 +74,8 @@ class Host(Protocol):
     def rank_request(self, req: RecommendRequest, now: datetime, loaded: Loaded | None = None) -> Ranked | Response: ...
 
     def reload_model(self, ref: str) -> tuple[int, dict[str, Any]]: ...
+
+    def _resolve(self, ref: str) -> str: ...
 
 
 class BadParameter(ValueError):
@@ -200,12 +204,17 @@ def list_stats(ranker: Ranker, item_ids: Sequence[str]) -> dict[str, Any]:
     ``intra_list_diversity``), novelty (mean self-information ``-log2(users_i / users)`` of its
     items, as the evaluation's ``novelty``, over the version's users), distinct categories and
     mean price."""
+    import polars as pl
+
     index_of = ranker.model.items.index_of  # type: ignore[union-attr]
     idx = [j for j in (index_of(i) for i in item_ids) if j >= 0]
     cats = Counter(ranker.items.category[j] for j in idx)
     n = len(idx)
-    same = sum(c * (c - 1) for c in cats.values())
-    diversity = 1.0 - same / (n * (n - 1)) if n > 1 else math.nan
+    ids = [str(ranker.items.ids[j]) for j in idx]
+    ild = per_user_diversity(pl.DataFrame({C.User: ["list"] * n, C.Item: ids}, schema={C.User: pl.String, C.Item: pl.String}),
+                             pl.DataFrame({C.Item: ids, C.Category: [ranker.items.category[j] for j in idx]},
+                                          schema={C.Item: pl.String, C.Category: pl.String}))["ild"]
+    diversity = float(ild[0]) if len(ild) else math.nan
     n_users = len(ranker.model.users.external) if ranker.model.users is not None else 1
     novelty, _ = novelty_from_histogram(Counter(int(ranker.items.users_total[j]) for j in idx), n_users)
     prices = [float(ranker.items.price[j]) for j in idx if not math.isnan(float(ranker.items.price[j]))]
@@ -219,8 +228,8 @@ class Explorer:
     def __init__(self, host: Host) -> None:
         self.host = host
         self._versions: tuple[float, list[dict[str, Any]]] | None = None
-        self._extra: OrderedDict[str, Loaded] = OrderedDict()  # version key -> loaded, for comparisons
-        self._load_cache: dict[str, Loaded] = {}
+        self._extra: OrderedDict[str, Loaded] = OrderedDict()  # versions loaded for comparisons (load()'s cache), oldest first
+        self._picks_of: dict[int, tuple[weakref.ref[Loaded], str | None, list[dict[str, str]]]] = {}  # see _picks
 
     # ---- dispatch ----------------------------------------------------------------------------
 
@@ -285,22 +294,27 @@ class Explorer:
         i = ranker.model.items.index_of(item_id)  # type: ignore[union-attr]
         return (ranker.items.titles[i] or item_id) if i >= 0 else item_id
 
-    def _default_shopper(self, ranker: Ranker) -> str | None:
-        """The known shopper who bought the most distinct items (then the smallest id): a page with something to show."""
-        bought = ranker.users.purchased
-        best = min(bought, key=lambda u: (-len(bought[u]), u), default=None)
-        return best if best is not None else next(iter(sorted(ranker.users.history)), None)
+    def _picks(self, loaded: Loaded) -> tuple[str | None, list[dict[str, str]]]:
+        """(the default shopper, one shopper per segment to try) of a version, found once per
+        loaded version: both scan every shopper."""
+        got = self._picks_of.get(id(loaded))
+        if got is not None and got[0]() is loaded:
+            return got[1], got[2]
+        bought = loaded.ranker.users.purchased  # the shopper who bought the most distinct items (then the smallest id)
+        shopper = min(bought, key=lambda u: (-len(bought[u]), u), default=None)
+        if shopper is None:
+            shopper = next(iter(sorted(loaded.ranker.users.history)), None)
+        examples: list[dict[str, str]] = []
+        if loaded.profiles is not None and "segment" in loaded.profiles.columns:
+            import polars as pl
 
-    def _examples(self, loaded: Loaded) -> list[dict[str, str]]:
-        """One shopper of each segment (the first by id) to try."""
-        if loaded.profiles is None or "segment" not in loaded.profiles.columns:
-            return []
-        import polars as pl
-
-        known = loaded.ranker.users.history
-        rows = (loaded.profiles.select("user_id", pl.col("segment").cast(pl.String)).filter(pl.col("user_id").is_in(list(known)))
-                .sort("user_id").unique("segment", keep="first", maintain_order=True))
-        return [{"user_id": u, "segment": s} for u, s in rows.iter_rows() if s]
+            known = list(loaded.ranker.users.history)
+            rows = (loaded.profiles.select("user_id", pl.col("segment").cast(pl.String)).filter(pl.col("user_id").is_in(known))
+                    .sort("user_id").unique("segment", keep="first", maintain_order=True))
+            examples = [{"user_id": u, "segment": seg} for u, seg in rows.iter_rows() if seg]
+        self._picks_of = {k: v for k, v in self._picks_of.items() if v[0]() is not None}  # versions swapped out go
+        self._picks_of[id(loaded)] = (weakref.ref(loaded), shopper, examples)
+        return shopper, examples
 
     def _profile(self, loaded: Loaded, user_id: str) -> dict[str, Any] | None:
         if loaded.profiles is None or user_id in loaded.ranker.forgotten:
@@ -347,7 +361,7 @@ class Explorer:
 
                 client = tracking.configure(settings.mlflow)
                 rows = tracking.list_versions(client, settings.registered_model_name())
-        except (UserError, Exception) as exc:  # the registry is down or locked: the page says so, the service serves on
+        except Exception as exc:  # the registry is down or locked: the page says so, the service serves on
             return [], f"the model registry could not be read ({exc})"
         self._versions = (now, rows)
         return rows, None
@@ -358,21 +372,21 @@ class Explorer:
         state = self.host._current()
         if ref in state.by_ref:
             return state.by_ref[ref]
-        for loaded in state.by_ref.values():
-            if loaded.version == ref:
-                return loaded
+        if "/" not in ref and "@" not in ref:  # a version of the served registered model: resolve the number only
+            try:
+                number = self.host._resolve(ref)
+            except Exception as exc:
+                raise UserError(str(exc)) from None
+            for served in state.by_ref.values():
+                if served.version == number:
+                    return served  # served already: not loaded a second time
         from storerec.registry.loading import load
 
-        loaded = load(self.host.settings, ref, self._load_cache)
-        for served in state.by_ref.values():
-            if served.version == loaded.version and served.model_name == loaded.model_name:
-                return served
-        key = f"{loaded.model_name}/{loaded.version}"
-        self._extra[key] = loaded
+        loaded = load(self.host.settings, ref, self._extra)
+        key = next(k for k, v in self._extra.items() if v is loaded)
         self._extra.move_to_end(key)
         while len(self._extra) > EXTRA_VERSIONS:
-            _, old = self._extra.popitem(last=False)
-            self._load_cache = {k: v for k, v in self._load_cache.items() if v is not old}
+            self._extra.popitem(last=False)
         return loaded
 
     # ---- pages ---------------------------------------------------------------------------------
@@ -383,14 +397,15 @@ class Explorer:
         ranker = state.default.ranker
         user_id = _one(q, "user_id")
         picked = user_id is None
+        shopper, examples = self._picks(state.default)
         if user_id is None:
-            user_id = self._default_shopper(ranker)
+            user_id = shopper
         params = dict(q) | ({"user_id": user_id} if user_id else {})
         req = shopper_request(_Query(q, params))
         ranked = self.host.rank_request(req, now_utc())
         context: dict[str, Any] = {
             "title": f"Shopper {user_id}" if user_id else "Shopper", "q": params, "req": req, "picked": picked,
-            "categories": ranker.items.categories, "pages": PAGES, "examples": self._examples(state.default),
+            "categories": ranker.items.categories, "pages": PAGES, "examples": examples,
             "default_strength": self.host.settings.serving.diversity_strength,
         }
         if isinstance(ranked, Response):
@@ -415,7 +430,7 @@ class Explorer:
         refs = [r for r in ("champion", "challenger") if any(r in str(v.get("aliases", "")).split(",") for v in versions)]
         a_ref = _one(q, "a") or (refs[0] if refs else state.default.version)
         b_ref = _one(q, "b") or (refs[1] if len(refs) > 1 else state.default.version)
-        user_id = _one(q, "user_id") or self._default_shopper(state.default.ranker)
+        user_id = _one(q, "user_id") or self._picks(state.default)[0]
         req = shopper_request(_Query(q, dict(q) | ({"user_id": user_id} if user_id else {})))
         context: dict[str, Any] = {"title": "Compare versions", "q": dict(q), "a": a_ref, "b": b_ref, "user_id": user_id, "k": req.k,
                                    "versions": versions, "registry_error": registry_error, "sides": [], "error": None}
