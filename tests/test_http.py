@@ -482,6 +482,27 @@ def test_live_chunked_200mb_body_gets_413_without_growing_the_worker(live) -> No
 
 @pytest.mark.e2e
 @pytest.mark.slow
+def test_live_start_says_when_it_is_ready_and_records_the_time_for_the_next_estimate(live, store: Path) -> None:
+    """`storerec serve` prints, beside BentoML's lines, when GET /readyz answered 200 and how long
+    the start took; the data folder keeps it (serving/startwatch.py), and the next start of this
+    version reads it as its estimate."""
+    import re
+
+    from storerec.serving.startwatch import StartWatch, record_path
+
+    port = live["client"].base_url.port
+    text = live["log"].read_text()
+    found = re.findall(rf"\[serve\] ready in (\d+\.\d) s: http://127\.0\.0\.1:{port} \(GET /readyz 200\)", text)
+    assert len(found) == 1, text[-3000:]
+    starts = json.loads(record_path(store).read_text())["starts"]
+    mine = [s for s in starts if abs(s["ready_s"] - float(found[0])) < 0.06 and s["version"] == "1"]
+    assert mine and mine[-1]["workers"] == 1
+    nxt = StartWatch(url="http://127.0.0.1:1/readyz", record=record_path(store), version="1", workers=1)
+    assert nxt.estimate(nxt.earlier_starts()) is not None
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_live_printed_admin_token_opens_the_admin_endpoints(live) -> None:
     c = live["client"]
     token = c.headers["x-admin-token"]  # printed by `storerec serve` (no token in the config)

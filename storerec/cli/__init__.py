@@ -627,7 +627,9 @@ def serve(state: _State, host: str | None, port: int | None, model_ref: str | No
     document at /docs.json (its page at /). Exits with an error when no model is registered.
     """
     import os
+    import time
 
+    t0 = time.time()  # the start watch counts from here (serving/startwatch.py)
     from storerec.cli.eventlog import prepare_for_serving
     from storerec.events.experiments import load_experiments
     from storerec.registry import tracking
@@ -682,6 +684,11 @@ def serve(state: _State, host: str | None, port: int | None, model_ref: str | No
     from storerec.serving.arbiter import PROMETHEUS_DIR_VAR, prometheus_dir
 
     env[PROMETHEUS_DIR_VAR] = str(prometheus_dir(host, port))  # its own metrics folder (serving/arbiter.py)
+    from storerec.serving.startwatch import WATCH_VAR, StartWatch, probe_url, record_path
+
+    # lines with the time taken and left until GET /readyz answers 200 (serving/startwatch.py)
+    env[WATCH_VAR] = StartWatch(url=probe_url(host, port), record=record_path(folder), version=str(version.version),
+                                workers=serving.workers, t0=t0).to_env()
     cmd = [sys.executable, "-m", "storerec.serving.arbiter", "serve", launch.SERVICE_IMPORT, "--host", host, "--port", str(port)]
     sys.stdout.flush()
     sys.stderr.flush()

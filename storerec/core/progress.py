@@ -28,7 +28,7 @@ BAR_SECONDS = 0.2  # terminal mode: redraw at most this often
 BAR_WIDTH = 24
 
 
-def _seconds(s: float) -> str:
+def short_duration(s: float) -> str:
     """``41 s``, ``3 min 05 s``, ``1 h 02 min``: short, for a progress line."""
     s = max(0, round(s))
     if s < 60:
@@ -104,19 +104,19 @@ class Task:
     def _left(self, elapsed: float) -> str:
         if not self.done or not self.total:
             return ""
-        return f", ~{_seconds(elapsed / self.done * (self.total - self.done))} left"
+        return f", ~{short_duration(elapsed / self.done * (self.total - self.done))} left"
 
     def line(self, elapsed: float, final: bool = False) -> str:
         """``lightfm: epoch 12/30, 41 s, ~62 s left`` (``..., 30/30 in 1 min 43 s`` at the end)."""
         if final:
-            return f"{self.name}: {self.unit} {self.done}/{self.total} in {_seconds(elapsed)}"
-        return f"{self.name}: {self.unit} {self.done}/{self.total}, {_seconds(elapsed)}{self._left(elapsed)}"
+            return f"{self.name}: {self.unit} {self.done}/{self.total} in {short_duration(elapsed)}"
+        return f"{self.name}: {self.unit} {self.done}/{self.total}, {short_duration(elapsed)}{self._left(elapsed)}"
 
     def bar(self, elapsed: float, final: bool = False) -> str:
         """``lightfm [#########...............] epoch 12/30, 41 s, ~62 s left``."""
         filled = BAR_WIDTH * self.done // self.total if self.total else BAR_WIDTH
         bar = "#" * filled + "." * (BAR_WIDTH - filled)
-        tail = f" in {_seconds(elapsed)}" if final else f", {_seconds(elapsed)}{self._left(elapsed)}"
+        tail = f" in {short_duration(elapsed)}" if final else f", {short_duration(elapsed)}{self._left(elapsed)}"
         return f"{self.name} [{bar}] {self.unit} {self.done}/{self.total}{tail}"
 
     def _write(self, text: str, now: float) -> None:

@@ -7,6 +7,10 @@ execs this module instead of BentoML's command (same arguments); it points Bento
 ``$STOREREC_PROMETHEUS_DIR`` (one folder per host and port, :func:`prometheus_dir`) before
 BentoML's command line runs, and removes the folder when the server stops. A server killed
 outright leaves it; the next start on that port empties it, as BentoML does its own.
+
+Beside BentoML it runs the start watch (serving/startwatch.py, ``$STOREREC_START_WATCH``): lines
+on stderr with the time a start has taken and, from earlier starts on the data folder, the time
+left, until ``GET /readyz`` answers 200.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import re
 import shutil
 import sys
 from pathlib import Path
+
+from storerec.serving.startwatch import WATCH_VAR, StartWatch
 
 PROMETHEUS_DIR_VAR = "STOREREC_PROMETHEUS_DIR"
 
@@ -32,6 +38,9 @@ def main() -> int:
         from bentoml._internal.configuration.containers import BentoMLContainer
 
         BentoMLContainer.prometheus_multiproc_dir.set(directory)
+    watch = os.environ.pop(WATCH_VAR, None)  # the workers need not see it
+    if watch:
+        StartWatch.from_env(watch).start()
     from bentoml_cli.cli import cli
 
     try:
