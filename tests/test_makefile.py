@@ -53,6 +53,31 @@ def test_install_fails_when_pip_fails() -> None:
     assert line.startswith("set -o pipefail;")
 
 
+def test_install_numbers_each_package_against_the_lock_and_says_when_pip_unpacks() -> None:
+    """#19 item 2: the install shows how far it is (k of the lock's n packages) on pip's real lines."""
+    pip = "\n".join([
+        "Looking in indexes: https://pypi.org/simple",
+        "Collecting a2wsgi==1.10.10 (from -r requirements.lock (line 2))",
+        "  Downloading a2wsgi-1.10.10-py3-none-any.whl (17 kB)",
+        "Processing /opt/pypi/files/attrs-26.1.0-py3-none-any.whl (from -r requirements.lock (line 14))",
+        "Requirement already satisfied: pip in ./.venv/lib/python3.11/site-packages (24.0)",
+        "Installing collected packages: a2wsgi, attrs",
+        "Successfully installed a2wsgi-1.10.10 attrs-26.1.0",
+    ]) + "\n"
+    out = subprocess.run(["awk", "-v", "n=159", "-f", "scripts/pip-progress.awk"], cwd=REPO, input=pip, capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    assert out.splitlines() == [
+        "Looking in indexes: https://pypi.org/simple",
+        "[1/159] Collecting a2wsgi==1.10.10",
+        "[2/159] Processing /opt/pypi/files/attrs-26.1.0-py3-none-any.whl",
+        "unpacking 2 packages into .venv (pip prints nothing more until it is done) ...",
+        "Successfully installed a2wsgi-1.10.10 attrs-26.1.0",
+    ]
+    recipe = subprocess.run(["make", "-n", "-W", "pyproject.toml", ".venv/.installed"], cwd=REPO, capture_output=True, text=True,
+                            timeout=60).stdout
+    assert "-f scripts/pip-progress.awk" in recipe
+
+
 def test_the_readme_lists_every_command() -> None:
     """#19 item 7: the README's command list names every command of the CLI, and no other."""
     text = (REPO / "README.md").read_text()
