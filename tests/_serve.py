@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from storerec.tools.bench_serve import with_control_store
 from storerec.tools.serve_proc import alive, descendants, free_port, rss_mb
 from storerec.tools.serve_proc import start as start_served
 from storerec.tools.serve_proc import stop as stop_served
@@ -37,11 +37,7 @@ def write_config(root: Path, store: Path, extra: str = "", eventlog: str = "") -
     The workers' control store (``serving.control_url``) goes under ``root`` too, added to the
     ``[serving]`` section of ``extra`` when it has one."""
     cfg = root / "storerec.toml"
-    control = f'control_url = "sqlite:///{root / "control.db"}"'
-    if re.search(r"^\[serving\][ \t]*$", extra, flags=re.M):
-        extra = re.sub(r"^\[serving\][ \t]*$", lambda m: f"[serving]\n{control}", extra, count=1, flags=re.M)
-    else:
-        extra = f"{extra}\n[serving]\n{control}\n"
+    extra = with_control_store(extra, root)
     cfg.write_text(
         f"""
 [data]

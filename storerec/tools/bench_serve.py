@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -86,10 +87,22 @@ def run_cli(cfg: Path, *args: str) -> None:
         raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
 
 
+def with_control_store(extra: str, root: Path) -> str:
+    """Settings text ``extra`` with ``serving.control_url`` at ``root/control.db``: in its
+    ``[serving]`` section when it has one, else in a new one at the end."""
+    control = f'control_url = "sqlite:///{(root / "control.db").resolve()}"'
+    if re.search(r"^\[serving\][ \t]*$", extra, flags=re.M):
+        return re.sub(r"^\[serving\][ \t]*$", lambda m: f"[serving]\n{control}", extra, count=1, flags=re.M)
+    return f"{extra}\n[serving]\n{control}\n"
+
+
 def write_config(root: Path, data_dir: Path, extra: str = "") -> Path:
-    """A private settings file under ``root``: its own MLflow store and event log, ``data_dir`` as data."""
+    """A private settings file under ``root``: its own MLflow store, event log and workers' control
+    store (added to ``extra``'s ``[serving]`` section when it has one; the default is relative to
+    the working directory), ``data_dir`` as data. ``extra`` follows the ``[eventlog]`` lines."""
     root.mkdir(parents=True, exist_ok=True)
     cfg = root / "storerec.toml"
+    extra = with_control_store(extra, root)
     cfg.write_text(
         f'[data]\ndir = "{data_dir.resolve()}"\n'
         f'[mlflow]\ntracking_uri = "sqlite:///{(root / "mlflow.db").resolve()}"\n'
