@@ -72,8 +72,9 @@ def _watch(url: str, record: Path, version: str = "5", workers: int = 1, t0: flo
 
 
 def test_first_start_says_it_has_no_estimate_and_records_its_time(tmp_path: Path, readyz) -> None:
+    t0 = time.time()  # before the server's clock starts: the watch cannot see it ready before 0.7 s
     server = readyz(ready_after=0.7)
-    w, out = _watch(server.url, record_path(tmp_path))
+    w, out = _watch(server.url, record_path(tmp_path), t0=t0)
     took = w.run()
     text = out.getvalue()
     assert took is not None and 0.6 < took < 5
@@ -93,7 +94,7 @@ def test_a_later_start_estimates_from_the_last_one_of_its_version(tmp_path: Path
         {"version": "4", "workers": 1, "ready_s": 60.0},  # later, but another version
     ]}))
     # the start began 30 s ago (t0 is the `storerec serve` command's time), 10 s left of 40
-    server = readyz(ready_after=0.3)
+    server = readyz(ready_after=1.0)
     w, out = _watch(server.url, record, t0=time.time() - 30)
     w.run()
     first = next(x for x in out.getvalue().splitlines() if "starting" in x)
@@ -110,6 +111,7 @@ def test_another_version_is_the_estimate_when_this_one_never_started_here(tmp_pa
     assert w.estimate(w.earlier_starts()) == (33.0, "the last start here (version 4) was ready in 33 s")
     w1, _ = _watch("http://127.0.0.1:1/readyz", record, version="6", workers=1)
     assert w1.estimate(w1.earlier_starts()) is None
+    assert w1.no_estimate(w1.earlier_starts()) == "no earlier start with 1 worker on this data folder: no estimate yet"
 
 
 def test_past_the_estimate_it_says_so_instead_of_a_negative_time(tmp_path: Path) -> None:

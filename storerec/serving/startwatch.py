@@ -119,6 +119,12 @@ class StartWatch:
             return float(s["ready_s"]), f"the last start here (version {s.get('version')}) was ready in {s['ready_s']:.0f} s"
         return None
 
+    def no_estimate(self, starts: list[dict[str, Any]]) -> str:
+        """Why a start has no estimate."""
+        if starts:
+            return f"no earlier start with {_workers(self.workers)} on this data folder: no estimate yet"
+        return "the first start on this data folder: no estimate yet"
+
     def save(self, starts: list[dict[str, Any]], ready_s: float) -> None:
         entry = {"version": self.version, "workers": self.workers, "ready_s": round(ready_s, 2),
                  "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -152,10 +158,10 @@ class StartWatch:
         except (OSError, ValueError):  # refused, reset, timed out: not listening yet
             return None, []
 
-    def line(self, elapsed: float, estimate: tuple[float, str] | None, first: bool) -> str:
+    def line(self, elapsed: float, estimate: tuple[float, str] | None, first: bool, why_none: str = "") -> str:
         head = f"starting version {self.version} with {_workers(self.workers)}" if first else "starting"
         if estimate is None:
-            tail = " (the first start on this data folder: no estimate yet)" if first else ""
+            tail = f" ({why_none})" if first and why_none else ""
             return f"{head}: {short_duration(elapsed)}{tail}"
         seconds, basis = estimate
         left = seconds - elapsed
@@ -168,6 +174,7 @@ class StartWatch:
         stop = stop or threading.Event()
         starts = self.earlier_starts()
         estimate = self.estimate(starts)
+        why_none = self.no_estimate(starts) if estimate is None else ""
         next_line, first, reasons_shown = self.delay, True, None
         base = self.url.rsplit("/readyz", 1)[0]
         while not stop.is_set():
@@ -184,7 +191,7 @@ class StartWatch:
                 self._say(f"not ready after {short_duration(elapsed)}; no longer watching (GET {self.url} says why)")
                 return None
             if elapsed >= next_line:
-                self._say(self.line(elapsed, estimate, first))
+                self._say(self.line(elapsed, estimate, first, why_none))
                 first = False
                 next_line = elapsed + (self.line_every if elapsed < 60 else self.line_later)
             stop.wait(self.poll)
