@@ -149,6 +149,16 @@ def test_a_record_that_cannot_be_written_costs_a_warning_not_the_start(tmp_path:
     assert "warning: could not record this start's time" in out.getvalue()
 
 
+def test_without_its_data_folder_it_keeps_no_record_and_makes_no_folder(tmp_path: Path, readyz) -> None:
+    """A replica serving from the registry alone (docs/deploy.md) must not grow a data folder."""
+    missing = tmp_path / "no-data"
+    server = readyz(ready_after=0.6)
+    w, out = _watch(server.url, record_path(missing), t0=time.time() - 5)
+    assert w.run() is not None
+    assert not missing.exists()
+    assert f"(no data folder at {missing} to keep start times in: no estimate)" in out.getvalue()
+
+
 def test_the_record_keeps_the_last_starts_only(tmp_path: Path, readyz) -> None:
     record = record_path(tmp_path)
     record.parent.mkdir(parents=True)

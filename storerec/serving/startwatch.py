@@ -15,7 +15,8 @@ The estimate is the time an earlier start on the same data folder took, read fro
 else the last start of any version with as many workers; the first start on a data folder says it
 has no estimate yet. Each start that gets to ready adds its time to the file (the last
 :data:`KEEP` starts are kept; written atomically; a file that cannot be read or written costs a
-warning line, never the start). The file holds no user data.
+warning line, never the start). The file holds no user data. A service without its data folder
+(a replica that serves from the registry, docs/deploy.md) keeps no record and makes no folder.
 """
 
 from __future__ import annotations
@@ -119,8 +120,15 @@ class StartWatch:
             return float(s["ready_s"]), f"the last start here (version {s.get('version')}) was ready in {s['ready_s']:.0f} s"
         return None
 
+    @property
+    def data_dir(self) -> Path:
+        """The data folder the record belongs to (``<data>/cache/serve-starts.json``)."""
+        return self.record.parent.parent
+
     def no_estimate(self, starts: list[dict[str, Any]]) -> str:
         """Why a start has no estimate."""
+        if not self.data_dir.is_dir():
+            return f"no data folder at {self.data_dir} to keep start times in: no estimate"
         if starts:
             return f"no earlier start with {_workers(self.workers)} on this data folder: no estimate yet"
         return "the first start on this data folder: no estimate yet"
@@ -129,9 +137,11 @@ class StartWatch:
         entry = {"version": self.version, "workers": self.workers, "ready_s": round(ready_s, 2),
                  "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         body = json.dumps({"starts": [*starts, entry][-KEEP:]}, indent=1)
+        if not self.data_dir.is_dir():
+            return  # a replica serving from the registry alone: it must not make a data folder
         tmp = None
         try:
-            self.record.parent.mkdir(parents=True, exist_ok=True)
+            self.record.parent.mkdir(exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.record.parent, prefix=".serve-starts.", suffix=".tmp")
             with os.fdopen(fd, "w") as f:
                 f.write(body)
