@@ -36,7 +36,7 @@ install: $(STAMP)  ## create .venv and install pinned dependencies + storerec (n
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "storerec needs Python 3.11; set PYTHON=/path/to/python3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "installing $$(grep -cvE '^(#|$$)' requirements.lock) pinned packages into $(VENV) (2-5 min the first time on 2 cores; each one is listed as pip takes it)"
+	@echo "installing $$(grep -cvE '^(#|$$)' requirements.lock) pinned packages into $(VENV) (1-3 min on 2 cores with pip's cache warm, longer when it downloads; each one is numbered as pip takes it)"
 	set -o pipefail; $(BIN)/python -m pip install --disable-pip-version-check --progress-bar off -r requirements.lock \
 	  | awk -v n=$$(grep -cvE '^(#|$$)' requirements.lock) -f scripts/pip-progress.awk
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
