@@ -55,3 +55,26 @@ def test_run_config_gives_the_service_its_own_event_log(tmp_path) -> None:
     assert f'url = "sqlite:///{(tmp_path / "run" / "events.db").resolve()}"' in text
     assert text.replace(str((tmp_path / "run").resolve()), str((tmp_path / "store").resolve())) == store.read_text()
     assert not (tmp_path / "run" / "events.db").exists()  # a new event log per run
+
+
+def test_every_tool_settings_file_is_valid_toml_with_its_control_store_in_its_own_folder(tmp_path) -> None:
+    """The benchmarks' settings files (bench-serve, bench-scale, bench-live) parse, and the workers'
+    control store is in the run's folder, not ./eventlog (once, also when the extra names one)."""
+    import tomllib
+
+    from storerec.core.settings import Settings
+    from storerec.tools.bench_serve import with_control_store, write_config
+    from storerec.tools.live_replay import _config
+
+    files = {
+        "serve": write_config(tmp_path / "serve", tmp_path / "data"),
+        "live": _config(tmp_path / "live", tmp_path / "data"),
+        "extra-serving": write_config(tmp_path / "x", tmp_path / "data", "[serving]\nworkers = 2\n"),
+    }
+    for name, cfg in files.items():
+        parsed = tomllib.loads(cfg.read_text())
+        Settings.model_validate(parsed)
+        assert parsed["serving"]["control_url"] == f"sqlite:///{(cfg.parent / 'control.db').resolve()}", name
+    assert tomllib.loads(files["live"].read_text())["serving"]["access_log"] is False
+    own = '[serving]\ncontrol_url = "sqlite:////elsewhere/control.db"\n'
+    assert with_control_store(own, tmp_path) == own

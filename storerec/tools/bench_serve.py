@@ -89,7 +89,10 @@ def run_cli(cfg: Path, *args: str) -> None:
 
 def with_control_store(extra: str, root: Path) -> str:
     """Settings text ``extra`` with ``serving.control_url`` at ``root/control.db``: in its
-    ``[serving]`` section when it has one, else in a new one at the end."""
+    ``[serving]`` section when it has one, else in a new one at the end (unchanged when it names
+    a control store itself)."""
+    if re.search(r"^control_url\s*=", extra, flags=re.M):
+        return extra  # it names its own
     control = f'control_url = "sqlite:///{(root / "control.db").resolve()}"'
     if re.search(r"^\[serving\][ \t]*$", extra, flags=re.M):
         return re.sub(r"^\[serving\][ \t]*$", lambda m: f"[serving]\n{control}", extra, count=1, flags=re.M)

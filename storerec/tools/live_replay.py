@@ -52,8 +52,7 @@ TRACKED_TYPES = (EventTypes.View, EventTypes.Favorite, EventTypes.Cart, EventTyp
 def _config(root: Path, data: Path) -> Path:
     """bench_serve's settings file, plus: the held-out day is history, so /track must take its
     timestamps; access log and metrics off."""
-    return write_config(root, data, "max_event_age_days = 36500\n"
-                        f'[serving]\ncontrol_url = "sqlite:///{(root / "control.db").resolve()}"\naccess_log = false\nmetrics = false\n')
+    return write_config(root, data, "max_event_age_days = 36500\n[serving]\naccess_log = false\nmetrics = false\n")
 
 
 def prepare(out: Path, source: Path | None, holdout_days: float, log: Callable[[str], None]) -> tuple[Path, pl.DataFrame, pl.DataFrame]:
