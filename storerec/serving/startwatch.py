@@ -134,11 +134,12 @@ class StartWatch:
         return "the first start on this data folder: no estimate yet"
 
     def save(self, starts: list[dict[str, Any]], ready_s: float) -> None:
+        """Add this start to the record (atomically; the last :data:`KEEP` are kept)."""
+        if not self.data_dir.is_dir():
+            return  # a replica serving from the registry alone: it must not make a data folder
         entry = {"version": self.version, "workers": self.workers, "ready_s": round(ready_s, 2),
                  "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         body = json.dumps({"starts": [*starts, entry][-KEEP:]}, indent=1)
-        if not self.data_dir.is_dir():
-            return  # a replica serving from the registry alone: it must not make a data folder
         tmp = None
         try:
             self.record.parent.mkdir(exist_ok=True)
