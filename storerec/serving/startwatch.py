@@ -1,8 +1,8 @@
 """How long ``storerec serve`` takes to become ready, said while it starts.
 
 A start loads the version from the registry into every worker before any of them answers (about
-half a minute on the built-in store, longer on a large catalogue), and BentoML prints nothing
-meanwhile. :class:`StartWatch` runs in the arbiter (serving/arbiter.py) beside BentoML: it polls
+10-30 s on the built-in store, longer on a large catalogue), and BentoML's lines do not say how
+far it is. :class:`StartWatch` runs in the arbiter (serving/arbiter.py) beside BentoML: it polls
 ``GET /readyz`` and prints plain lines on stderr (BentoML's log lines share the stream, so no
 redrawn bar), e.g.::
 
