@@ -10,10 +10,8 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from storerec.cli import main
 from storerec.core.settings import RetrainSettings, Settings, load_settings
 from storerec.evaluation.significance import paired_bootstrap, paired_difference
 from storerec.training.retrain import Contender, gate, reload_services, retrain_lock
+from tests._http_stub import json_stub
 from tests._serve import free_port, small_store
 
 CFG = RetrainSettings(bootstrap_samples=2000, seed=0, coverage_tolerance=0.10, diversity_tolerance=0.05)
@@ -171,37 +170,21 @@ def test_the_lock_is_released_when_its_holder_is_killed(tmp_path: Path) -> None:
         pass
 
 
-class _Stub(BaseHTTPRequestHandler):
+class _Stub:
     answers: dict[str, tuple[int, dict[str, Any]]] = {}
     calls: list[tuple[str, str | None, bytes]] = []
 
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("content-length", 0)))
-        _Stub.calls.append((self.path, self.headers.get("x-admin-token"), body))
-        status, payload = _Stub.answers.get(self.path, (404, {}))
-        raw = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+    @staticmethod
+    def answer(method: str, path: str, headers: Any, body: bytes) -> tuple[int, dict[str, Any]]:
+        _Stub.calls.append((path, headers.get("x-admin-token"), body))
+        return _Stub.answers.get(path, (404, {}))
 
 
 @pytest.fixture
 def stub() -> Any:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
     _Stub.calls, _Stub.answers = [], {}
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with json_stub(_Stub.answer) as url:
+        yield url
 
 
 def test_reload_calls_each_service_with_the_admin_token_and_reports_failures(stub: str) -> None:

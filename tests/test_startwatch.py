@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 from storerec.serving.startwatch import KEEP, StartWatch, probe_url, record_path
+from tests._http_stub import json_stub
 
 
 class _Readyz:
@@ -22,46 +22,31 @@ class _Readyz:
         self.t0 = time.time()
         self.ready_after = ready_after
         self.reasons = reasons
-        outer = self
+        self.base = ""  # set once served (the fixture)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                ready = time.time() - outer.t0 >= outer.ready_after
-                body = json.dumps({"ready": ready, "reasons": [] if ready else outer.reasons}).encode()
-                self.send_response(200 if ready else 503)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+    def answer(self, method: str, path: str, headers: object, body: bytes) -> tuple[int, dict]:
+        ready = time.time() - self.t0 >= self.ready_after
+        return (200 if ready else 503), {"ready": ready, "reasons": [] if ready else self.reasons}
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/readyz"
+        return f"{self.base}/readyz"
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+    @property
+    def port(self) -> int:
+        return int(self.base.rsplit(":", 1)[1])
 
 
 @pytest.fixture
 def readyz():
-    made: list[_Readyz] = []
+    with ExitStack() as stack:
 
-    def make(ready_after: float = 0.6, reasons: list[str] | None = None) -> _Readyz:
-        made.append(_Readyz(ready_after, reasons or []))
-        return made[-1]
+        def make(ready_after: float = 0.6, reasons: list[str] | None = None) -> _Readyz:
+            r = _Readyz(ready_after, reasons or [])
+            r.base = stack.enter_context(json_stub(r.answer))
+            return r
 
-    yield make
-    for r in made:
-        r.close()
+        yield make
 
 
 def _watch(url: str, record: Path, version: str = "5", workers: int = 1, t0: float | None = None) -> tuple[StartWatch, io.StringIO]:
@@ -79,7 +64,7 @@ def test_first_start_says_it_has_no_estimate_and_records_its_time(tmp_path: Path
     text = out.getvalue()
     assert took is not None and 0.6 < took < 5
     assert "[serve] starting version 5 with 1 worker: 0 s (the first start on this data folder: no estimate yet)" in text
-    assert f"[serve] ready in {took:.1f} s: http://127.0.0.1:{server.server.server_address[1]} (GET /readyz 200)" in text
+    assert f"[serve] ready in {took:.1f} s: http://127.0.0.1:{server.port} (GET /readyz 200)" in text
     starts = json.loads(record_path(tmp_path).read_text())["starts"]
     assert [(s["version"], s["workers"]) for s in starts] == [("5", 1)]
     assert starts[0]["ready_s"] == pytest.approx(took, abs=0.01)
